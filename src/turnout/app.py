@@ -1,0 +1,335 @@
+"""The ASGI surface: parse, authenticate, call the gateway, render. Nothing else.
+
+Raw ASGI rather than a framework: the chat path is the hot path and every layer costs (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from turnout.config import Settings
+from turnout.errors import AuthError, BodyTooLarge, MethodNotAllowed, PathNotFound, RequestError, TurnoutError
+from turnout.gateway import Gateway
+from turnout.proxy import JsonReply, StreamReply
+from turnout.readiness import Readiness
+from turnout.types import RequestContext, Upstream
+from turnout.upstreams import build_upstream
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[["App", Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("turnout")
+JSON = b"application/json"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = msg.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLarge(f"request body is larger than the limit of {limit} bytes (`server.max_body_bytes`)")
+        if not msg.get("more_body"):
+            return body if not chunks else b"".join([*chunks, body])
+        chunks.append(body)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestError("request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _field_error(param: str, what: str) -> RequestError:
+    return RequestError(f"`{param}` {what}", param=param, code="invalid_value")
+
+
+def chat_context(body: dict[str, Any], header_route: str | None, request_id: str) -> RequestContext:
+    """Check the fields the gateway uses; everything else passes through untouched."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _field_error("model", "is required and must be a non-empty string")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _field_error("messages", "is required and must be a non-empty array")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _field_error(f"messages[{i}]", "must be an object")
+        if not isinstance(msg.get("role"), str):
+            raise _field_error(f"messages[{i}].role", "is required and must be a string")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _field_error("stream", "must be a boolean")
+    hint, source = header_route, "the `x-turnout-route` header" if header_route else None
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise _field_error("metadata", "must be an object")
+        if "route" in metadata:
+            route = metadata["route"]
+            if not isinstance(route, str):
+                raise _field_error("metadata.route", "must be a string")
+            rest = {k: v for k, v in metadata.items() if k != "route"}  # ours; the upstream never sees it
+            if rest:
+                body["metadata"] = rest
+            else:
+                del body["metadata"]
+            if hint is None:
+                hint, source = route, "`metadata.route`"
+    return RequestContext(request_id, body, model, stream, hint, source)
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def decision_headers(ctx: RequestContext | None, request_id: str) -> list[tuple[bytes, bytes]]:
+    h = [(b"x-turnout-request-id", request_id.encode())]
+    if ctx is None:
+        return h
+    d = ctx.decision
+    if d is not None:
+        h.append((b"x-turnout-router", (d.router or "").encode()))
+        h.append((b"x-turnout-route", d.route.encode()))
+        h.append((b"x-turnout-strategy", d.strategy.encode()))
+        if d.confidence is not None:
+            h.append((b"x-turnout-confidence", f"{d.confidence:.3f}".encode()))
+        h.append((b"x-turnout-decision-ms", f"{d.elapsed_ms:.3f}".encode()))
+    if ctx.target is not None:
+        h.append((b"x-turnout-model", ctx.target.key.encode()))
+    h.append((b"x-turnout-attempts", str(len(ctx.attempts)).encode()))
+    return h
+
+
+async def send_bytes(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], content_type: bytes = JSON
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: TurnoutError, headers: list[tuple[bytes, bytes]]) -> None:
+    await send_bytes(send, exc.status, exc.body(), headers)
+
+
+async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> None:
+    """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers],
+        }
+    )
+    task = asyncio.current_task()
+    state = {"done": False, "gone": False}
+
+    async def watch() -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                if not state["done"] and task is not None:
+                    state["gone"] = True
+                    task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for chunk in reply.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        state["done"] = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        reply.close()
+        if not state["gone"]:
+            raise
+    except BaseException:
+        reply.close()
+        raise
+    finally:
+        state["done"] = True
+        watcher.cancel()
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+class App:
+    """The turnout ASGI application. Build it with `create_app`; clients and probes start in lifespan."""
+
+    def __init__(self, settings: Settings, source: str, upstreams: dict[str, Upstream] | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.upstreams = upstreams or {name: build_upstream(name, cfg) for name, cfg in settings.upstreams.items()}
+        self.gateway = Gateway(settings, self.upstreams)
+        self.readiness = Readiness(settings, source, self.gateway)
+        self._keys = [k.encode() for k in settings.auth.keys]
+        self._limit = settings.server.max_body_bytes
+        self._routes: dict[str, dict[str, Handler]] = {}
+        for method, path, handler, _ in ROUTES:
+            self._routes.setdefault(path, {})[method] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = uuid.uuid4().hex
+        scope["turnout.request_id"] = request_id
+        methods = self._routes.get(scope["path"].rstrip("/") or "/")
+        try:
+            if methods is None:
+                raise PathNotFound(f"no such endpoint: {scope['method']} {scope['path']}")
+            handler = methods.get(scope["method"])
+            if handler is None:
+                allowed = ", ".join(sorted(methods))
+                raise MethodNotAllowed(f"{scope['path']} accepts {allowed}, not {scope['method']}")
+            await handler(self, scope, receive, send)
+        except TurnoutError as exc:
+            await send_error(send, exc, decision_headers(scope.get("turnout.ctx"), request_id))
+        except ClientGone:
+            return
+        except Exception:  # never a stack trace to the client; the log gets the type only
+            log.exception("internal error handling request %s", request_id)
+            internal = TurnoutError("internal error in the gateway; see its log for request " + request_id)
+            await send_error(send, internal, decision_headers(scope.get("turnout.ctx"), request_id))
+
+    def authenticate(self, scope: Scope) -> None:
+        if not self._keys:
+            return
+        token = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
+                break
+            if name in (b"x-api-key", b"api-key"):
+                token = value.strip()
+                break
+        if not token:
+            raise AuthError("missing API key: send `Authorization: Bearer <key>`")
+        if not any(hmac.compare_digest(token, key) for key in self._keys):
+            raise AuthError("invalid API key")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self.readiness.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.readiness.stop()
+                for upstream in self.upstreams.values():
+                    await upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    app.authenticate(scope)
+    body = parse_json_object(await read_body(receive, app._limit))
+    request_id = scope["turnout.request_id"]
+    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id)
+    scope["turnout.ctx"] = ctx
+    outcome = await app.gateway.handle(ctx)
+    headers = decision_headers(ctx, request_id)
+    reply = outcome.reply
+    if isinstance(reply, JsonReply):
+        await send_bytes(send, reply.status, reply.body, headers, reply.content_type.encode())
+    else:
+        await relay_stream(send, receive, reply, headers)
+
+
+async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    app.authenticate(scope)
+    body = parse_json_object(await read_body(receive, app._limit))
+    if "messages" not in body and isinstance(body.get("text"), str):
+        body["messages"] = [{"role": "user", "content": body.pop("text")}]
+    body.setdefault("model", next(iter(app.gateway.routers), next(iter(app.settings.routes))))
+    request_id = scope["turnout.request_id"]
+    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id)
+    scope["turnout.ctx"] = ctx
+    out = await app.gateway.explain(ctx)
+    await send_bytes(send, 200, orjson.dumps(out), decision_headers(ctx, request_id))
+
+
+async def list_models(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    app.authenticate(scope)
+    s = app.settings
+    data: list[dict[str, Any]] = []
+    for name, router in s.routers.items():
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": "turnout", "kind": "router",
+                     "routes": router.routes, "description": router.description})  # fmt: skip
+    for name, route in s.routes.items():
+        entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "turnout", "kind": "route",
+                                 "description": route.description}  # fmt: skip
+        if s.expose_models:
+            entry["targets"] = [s.models[t].name for t in route.targets]
+        data.append(entry)
+    body = orjson.dumps({"object": "list", "data": data})
+    await send_bytes(send, 200, body, decision_headers(None, scope["turnout.request_id"]))
+
+
+async def health(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    await send_bytes(send, 200, b'{"status":"ok"}', decision_headers(None, scope["turnout.request_id"]))
+
+
+async def ready(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    report = await app.readiness.report()
+    status = 200 if report["ready"] else 503
+    await send_bytes(send, status, orjson.dumps(report), decision_headers(None, scope["turnout.request_id"]))
+
+
+ROUTES: list[tuple[str, str, Handler, str]] = [
+    ("GET", "/health", health, "liveness; never needs a key"),
+    ("GET", "/ready", ready, "config, routers, routes, upstream reachability; 503 when a route cannot be served"),
+    ("GET", "/v1/models", list_models, "routers and routes clients may ask for"),
+    ("POST", "/v1/chat/completions", chat_completions, "OpenAI chat completions, JSON or SSE"),
+    ("POST", "/v1/route", route_decision, "the routing decision for a chat body, nothing forwarded"),
+]  # fmt: skip
+
+
+def create_app(settings: Settings, source: str = "settings object") -> App:
+    return App(settings, source)

@@ -1,0 +1,239 @@
+"""The config file: a closed schema, `${ENV}` references, dotted-path errors, the embedded default.
+
+Loading is pure: `load_config` reads, interpolates and validates, and builds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from turnout.errors import ConfigError
+
+NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/?=&@+-]*$", max_length=128)]
+Capability = Literal["tools", "vision", "audio", "json_mode"]
+STRATEGY_NAMES = ("explicit",)  # the next issue adds rules, semantic, classifier, llm
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Closed):
+    host: str = "127.0.0.1"
+    port: int = Field(4001, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AuthConfig(Closed):
+    keys: list[str] = Field(default_factory=list, description="inbound API keys; empty means no auth")
+
+
+class UpstreamConfig(Closed):
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    first_byte_timeout_s: float = Field(120.0, gt=0, description="also the longest pause between chunks")
+    max_connections: int = Field(512, ge=1)
+
+
+class ModelConfig(Closed):
+    upstream: str
+    name: str = Field(min_length=1, description="the model id the upstream knows")
+    input_price: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    output_price: float = Field(0.0, ge=0, description="USD per 1M output tokens")
+    context_window: int | None = Field(None, ge=1)
+    capabilities: list[Capability] | None = Field(None, description="None: assume it can do anything")
+
+
+class RouteConfig(Closed):
+    description: str = ""
+    targets: list[str] = Field(min_length=1, description="models in fallback order")
+
+
+class RouterConfig(Closed):
+    description: str = ""
+    routes: list[str] = Field(min_length=1)
+    strategies: list[str] = Field(default_factory=lambda: ["explicit"])
+    fallback: str
+
+
+class PassthroughConfig(Closed):
+    enabled: bool = False
+    upstream: str | None = None
+
+
+class ProxyConfig(Closed):
+    attempts_per_target: int = Field(2, ge=1, le=10)
+    backoff_s: float = Field(0.05, ge=0)
+    retry_after_cap_s: float = Field(2.0, ge=0)
+
+
+class Settings(Closed):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    upstreams: dict[NAME, UpstreamConfig] = Field(min_length=1)
+    models: dict[NAME, ModelConfig] = Field(min_length=1)
+    routes: dict[NAME, RouteConfig] = Field(min_length=1)
+    routers: dict[NAME, RouterConfig] = Field(default_factory=dict)
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    expose_models: bool = Field(False, description="list target model ids in /v1/models")
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        problems = list(_cross_reference_problems(self))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _cross_reference_problems(s: Settings) -> list[str]:
+    out: list[str] = []
+    for name, model in s.models.items():
+        if model.upstream not in s.upstreams:
+            out.append(f"models.{name}.upstream: upstream `{model.upstream}` is not defined under `upstreams`")
+    for name, route in s.routes.items():
+        for i, target in enumerate(route.targets):
+            if target not in s.models:
+                out.append(f"routes.{name}.targets[{i}]: model `{target}` is not defined under `models`")
+    for name, router in s.routers.items():
+        if name in s.routes:
+            out.append(f"routers.{name}: `{name}` is also a route; a client model name must mean one thing")
+        for i, route_name in enumerate(router.routes):
+            if route_name not in s.routes:
+                out.append(f"routers.{name}.routes[{i}]: route `{route_name}` is not defined under `routes`")
+        if router.fallback not in router.routes:
+            out.append(f"routers.{name}.fallback: `{router.fallback}` is not one of this router's routes")
+        for i, strategy in enumerate(router.strategies):
+            if strategy not in STRATEGY_NAMES:
+                valid = ", ".join(f"`{n}`" for n in STRATEGY_NAMES)
+                out.append(f"routers.{name}.strategies[{i}]: unknown strategy `{strategy}`; valid: {valid}")
+    p = s.passthrough
+    if p.enabled and p.upstream is None:
+        out.append("passthrough.upstream: passthrough is enabled; name the upstream that receives unknown models")
+    if p.upstream is not None and p.upstream not in s.upstreams:
+        out.append(f"passthrough.upstream: upstream `{p.upstream}` is not defined under `upstreams`")
+    return out
+
+
+# --- ${ENV} references -------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in env:
+                return env[var]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{path}: environment variable `{var}` is not set; set it, or write `${{{var}:-}}` to allow empty"
+            )
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{_dotted(loc)}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{_dotted(loc)}: required key is missing"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ").replace("\n", "\n  ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{_dotted(loc)}: {err['msg']}{shown}"
+
+
+def validate(raw: Any, env: Mapping[str, str] | None = None) -> Settings:
+    """Interpolate and validate a parsed config tree; ConfigError lists every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping of sections (`upstreams`, `models`, ...)")
+    tree = interpolate(raw, os.environ if env is None else env)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> tuple[Settings, str]:
+    """Load `path`, or the embedded default when None. Returns the settings and a description of the source."""
+    env = os.environ if env is None else env
+    if path is None:
+        return validate(default_config_tree(env), env), "embedded default (no config file)"
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file `{p}`: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError(f"config file `{p}` is not valid YAML{at}") from None
+    return validate(raw, env), f"file {p}"
+
+
+def default_config_tree(env: Mapping[str, str]) -> dict[str, Any]:
+    """The embedded default: routers `auto` over `lite`/`deep`, one OpenAI-compatible upstream."""
+    return {
+        "upstreams": {
+            "default": {
+                "base_url": "${TURNOUT_UPSTREAM_URL:-http://127.0.0.1:11434/v1}",
+                "api_key": "${TURNOUT_UPSTREAM_KEY:-}",
+            }
+        },
+        "models": {
+            "lite-model": {"upstream": "default", "name": "${TURNOUT_LITE_MODEL:-llama3.2}"},
+            "deep-model": {"upstream": "default", "name": "${TURNOUT_DEEP_MODEL:-qwen2.5:14b}"},
+        },
+        "routes": {
+            "lite": {"description": "quick, everyday requests", "targets": ["lite-model", "deep-model"]},
+            "deep": {"description": "hard reasoning, code and analysis", "targets": ["deep-model", "lite-model"]},
+        },
+        "routers": {
+            "auto": {
+                "description": "chooses between lite and deep",
+                "routes": ["lite", "deep"],
+                "strategies": ["explicit"],
+                "fallback": "lite",
+            }
+        },
+        "auth": {"keys": [k for k in env.get("TURNOUT_API_KEYS", "").split(",") if k]},
+    }

@@ -1,0 +1,186 @@
+"""The fallback loop: try a route's targets in order, retry and fall back only before the first byte.
+
+Retried (same target, up to `attempts_per_target`, then the next target): connect errors, connect and
+first-byte timeouts, a dropped connection, 429 (after `Retry-After` when it is within the cap), 5xx,
+and 401/403/408 (the gateway's own credentials or a transient refusal, not the client's fault).
+Other upstream 4xx are the client's problem: passed through with their status, never retried.
+Once the first byte of a stream is on its way to the client, an upstream failure ends the stream
+with an error event instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from turnout.config import ProxyConfig
+from turnout.errors import (
+    AllTargetsFailed,
+    UpstreamClientError,
+    UpstreamDropped,
+    UpstreamError,
+    UpstreamStatus,
+    error_body,
+)
+from turnout.health import HealthBoard
+from turnout.types import Attempt, Target, Upstream, UpstreamResponse
+
+_RETRYABLE_4XX = frozenset({401, 403, 408, 429})
+_SECRET = re.compile(r"(sk|pk|rk|key)-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class JsonReply:
+    status: int
+    body: bytes
+    content_type: str
+
+
+@dataclass(slots=True)
+class StreamReply:
+    content_type: str
+    chunks: AsyncIterator[bytes]  # the first chunk is already buffered inside
+    close: Any  # callable: closes the upstream response at once
+
+
+@dataclass(slots=True)
+class Outcome:
+    reply: JsonReply | StreamReply
+    target: Target
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove anything that looks like a key from an upstream's message, and cap its length."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET.sub("[redacted]", text)[:500]
+
+
+def client_error(status: int, body: bytes, upstream: str, secrets: tuple[str, ...]) -> UpstreamClientError:
+    """An upstream 4xx re-shaped as an OpenAI error; the raw body never passes through."""
+    message, type_, param, code = f"upstream `{upstream}` rejected the request (HTTP {status})", None, None, None
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = scrub(str(err.get("message") or message), secrets)
+            type_, param, code = err.get("type"), err.get("param"), err.get("code")
+        elif isinstance(err, str):
+            message = scrub(err, secrets)
+    except orjson.JSONDecodeError:
+        pass
+    return UpstreamClientError(
+        status,
+        message,
+        str(type_) if type_ else "invalid_request_error",
+        str(param) if param is not None else None,
+        str(code) if code is not None else None,
+    )
+
+
+def stream_error_event(message: str, code: str) -> bytes:
+    return b"data: " + error_body(message, "upstream_error", None, code) + b"\n\n"
+
+
+async def _relay(first: bytes, rest: AsyncIterator[bytes], upstream: str) -> AsyncIterator[bytes]:
+    yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    except UpstreamError as exc:
+        yield stream_error_event(f"upstream `{upstream}` failed mid-stream ({exc.kind})", "stream_interrupted")
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig, upstreams: Mapping[str, Upstream], health: HealthBoard) -> None:
+        self.config = config
+        self.upstreams = upstreams
+        self.health = health
+        self._secrets = {name: self._secrets_of(up) for name, up in upstreams.items()}
+
+    @staticmethod
+    def _secrets_of(upstream: Upstream) -> tuple[str, ...]:
+        cfg = getattr(upstream, "config", None)
+        key = getattr(cfg, "api_key", "")
+        return (key,) if key else ()
+
+    async def forward(
+        self, route: str, targets: list[Target], body: dict[str, Any], stream: bool, attempts: list[Attempt]
+    ) -> Outcome:
+        """Answer from the first target that can; raise AllTargetsFailed with every attempt otherwise."""
+        failures: list[tuple[str, UpstreamError]] = []
+        tries = self.config.attempts_per_target
+        for ti, target in enumerate(targets):
+            body["model"] = target.name
+            payload = orjson.dumps(body)
+            upstream = self.upstreams[target.upstream]
+            for n in range(tries):
+                start = time.perf_counter()
+                try:
+                    reply = await self._attempt(upstream, target, payload, stream)
+                except UpstreamError as exc:
+                    attempts.append(Attempt(target.key, exc.kind, getattr(exc, "upstream_status", None), _ms(start)))
+                    failures.append((target.key, exc))
+                    self.health.failed(target.upstream)
+                    last = ti == len(targets) - 1 and n == tries - 1
+                    wait = self._wait_before_retry(exc, n)
+                    if wait is None:
+                        break  # Retry-After beyond the cap: go to the next target now
+                    if not last and n < tries - 1 and wait > 0:
+                        await asyncio.sleep(wait)
+                    continue
+                except UpstreamClientError:
+                    attempts.append(Attempt(target.key, "upstream_4xx", None, _ms(start)))
+                    self.health.ok(target.upstream)
+                    raise
+                attempts.append(Attempt(target.key, None, 200, _ms(start)))
+                self.health.ok(target.upstream)
+                return Outcome(reply, target, attempts)
+        raise AllTargetsFailed(route, failures)
+
+    def _wait_before_retry(self, exc: UpstreamError, n: int) -> float | None:
+        if isinstance(exc, UpstreamStatus) and exc.retry_after is not None:
+            return exc.retry_after if exc.retry_after <= self.config.retry_after_cap_s else None
+        return self.config.backoff_s * (1 << n)
+
+    async def _attempt(
+        self, upstream: Upstream, target: Target, payload: bytes, stream: bool
+    ) -> JsonReply | StreamReply:
+        resp = await upstream.send(target.name, payload, stream)
+        if resp.status >= 400:
+            await self._raise_for_status(resp, upstream.name)
+        if not stream:
+            return JsonReply(resp.status, await resp.read(), resp.content_type)
+        chunks = resp.chunks()
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamDropped(f"upstream `{upstream.name}` closed the stream before any data") from None
+        except BaseException:
+            resp.close()
+            raise
+        return StreamReply(resp.content_type, _relay(first, chunks, upstream.name), resp.close)
+
+    async def _raise_for_status(self, resp: UpstreamResponse, upstream: str) -> None:
+        status = resp.status
+        try:
+            body = await resp.read()
+        except UpstreamError:
+            body = b""
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise UpstreamStatus(
+                f"upstream `{upstream}` answered HTTP {status}", upstream_status=status, retry_after=resp.retry_after
+            )
+        raise client_error(status, body, upstream, self._secrets.get(upstream, ()))
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,73 @@
+"""Running the app under uvicorn (uvloop + httptools, no access log), one process or N workers.
+
+On SIGTERM uvicorn stops accepting, lets in-flight requests and streams finish for up to
+`server.shutdown_grace_s`, then cancels what is left and runs the app's shutdown.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import uvicorn
+
+from turnout.app import App, create_app
+from turnout.config import load_config
+
+CONFIG_ENV = "TURNOUT_CONFIG"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": fmt}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "turnout": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def app_from_env() -> App:
+    """The app factory each worker process calls: the config path travels in `TURNOUT_CONFIG`."""
+    settings, source = load_config(os.environ.get(CONFIG_ENV) or None)
+    return create_app(settings, source)
+
+
+def serve(
+    config_path: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    log_level: str | None = None,
+) -> None:
+    settings, source = load_config(config_path)  # a config error stops us here, before any socket opens
+    s = settings.server
+    workers = workers or s.workers
+    level = log_level or s.log_level
+    options: dict[str, Any] = {
+        "host": host or s.host,
+        "port": s.port if port is None else port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": math.ceil(s.shutdown_grace_s),
+        "timeout_keep_alive": 30,
+        "backlog": 4096,
+        "log_config": log_config(level),
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, source), **options)
+    else:
+        if config_path:
+            os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+        else:
+            os.environ.pop(CONFIG_ENV, None)
+        uvicorn.run("turnout.server:app_from_env", factory=True, workers=workers, **options)

@@ -1,0 +1,113 @@
+"""The vocabulary of turnout, named once: request context, decision, target, attempt, protocols.
+
+No logic lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One inbound chat request, parsed and checked, as every stage sees it."""
+
+    request_id: str
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    route_hint: str | None = None  # from `metadata.route` or the `x-turnout-route` header
+    route_hint_source: str | None = None
+    # Filled in as the request moves through the gateway; read for response headers and records.
+    decision: Decision | None = None
+    target: Target | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Decision:
+    """Which route answers a request, and why."""
+
+    route: str
+    strategy: str  # explicit | fallback | passthrough | (next: rules, semantic, classifier, llm)
+    router: str | None = None
+    confidence: float | None = None
+    reason: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    margin: float | None = None
+    signals: dict[str, Any] = field(default_factory=dict)
+    provenance: list[str] = field(default_factory=list)
+    strategy_ms: dict[str, float] = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "router": self.router,
+            "route": self.route,
+            "strategy": self.strategy,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "scores": self.scores,
+            "threshold": self.threshold,
+            "margin": self.margin,
+            "signals": self.signals,
+            "provenance": self.provenance,
+            "strategy_ms": self.strategy_ms,
+            "elapsed_ms": round(self.elapsed_ms, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One concrete model a route may send to."""
+
+    key: str  # the name under `models:` in the config
+    upstream: str  # the name under `upstreams:`
+    name: str  # the model id the upstream knows
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one target: what went wrong (None when it answered) and how long it took."""
+
+    target: str
+    error: str | None
+    status: int | None
+    elapsed_ms: float
+
+
+class Strategy(Protocol):
+    """One way of deciding. Returns a Decision, or None to abstain; the router applies policy."""
+
+    name: str
+
+    async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None: ...
+
+
+class UpstreamResponse(Protocol):
+    """An upstream's answer, headers read, body not yet."""
+
+    status: int
+    content_type: str
+    retry_after: float | None
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """A provider endpoint. It translates and sends; retries and fallback live in `proxy`."""
+
+    name: str
+
+    async def send(self, model: str, payload: bytes, stream: bool) -> UpstreamResponse: ...
+
+    async def probe(self, timeout_s: float) -> tuple[bool, str, list[str]]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,141 @@
+"""The adapter for every OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM, OpenRouter, ...).
+
+It sends one request and translates aiohttp's errors into turnout's at exactly one boundary
+(`_translated`). Retries and fallback live in `turnout.proxy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from turnout.config import UpstreamConfig
+from turnout.errors import UpstreamConnectError, UpstreamDropped, UpstreamError, UpstreamTimeout
+
+
+@contextmanager
+def _translated(upstream: str) -> Iterator[None]:
+    """Map aiohttp and socket errors to UpstreamError subclasses, most specific first."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream `{upstream}` timed out") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamConnectError(f"cannot connect to upstream `{upstream}`") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+        raise UpstreamDropped(f"upstream `{upstream}` dropped the connection") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"upstream `{upstream}` failed ({type(exc).__name__})") from exc
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAIResponse:
+    __slots__ = ("_resp", "_upstream", "content_type", "retry_after", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, upstream: str) -> None:
+        self._resp = resp
+        self._upstream = upstream
+        self.status = resp.status
+        self.content_type = resp.headers.get("Content-Type", "application/json")
+        self.retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
+
+    async def read(self) -> bytes:
+        with _translated(self._upstream):
+            try:
+                return await self._resp.read()
+            finally:
+                self._resp.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        with _translated(self._upstream):
+            while True:
+                data = await content.readany()
+                if not data:
+                    break
+                yield data
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class OpenAIUpstream:
+    """One shared, pooled aiohttp session per upstream, created lazily inside the running loop."""
+
+    def __init__(self, name: str, config: UpstreamConfig) -> None:
+        self.name = name
+        self.config = config
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json", **config.headers}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_s, sock_read=config.first_byte_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+        return self._session
+
+    async def send(self, model: str, payload: bytes, stream: bool) -> OpenAIResponse:
+        session = self._session or self._get_session()
+        with _translated(self.name):
+            resp = await session.post(self._url, data=payload, headers=self._headers)
+        return OpenAIResponse(resp, self.name)
+
+    async def probe(self, timeout_s: float) -> tuple[bool, str, list[str]]:
+        """GET /models: (reachable, a short human status, the model ids it lists)."""
+        session = self._get_session()
+        url = self.config.base_url.rstrip("/") + "/models"
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.get(url, headers=headers) as resp:
+                    body = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"unreachable ({type(exc).__name__})"
+            return False, reason, []
+        ms = (time.perf_counter() - start) * 1000
+        if resp.status != 200:
+            return False, f"HTTP {resp.status} from /models", []
+        ids: list[str] = []
+        try:
+            data: Any = orjson.loads(body)
+            ids = [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            pass
+        return True, f"ok ({ms:.0f} ms)", ids
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
