@@ -65,18 +65,29 @@ class OpenAIResponse:
         with _translated(self._upstream):
             try:
                 return await self._resp.read()
+            except BaseException:
+                self._resp.close()
+                raise
             finally:
                 self._resp.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives. The connection goes back to the pool only after a complete body."""
         content = self._resp.content
-        with _translated(self._upstream):
-            while True:
-                data = await content.readany()
-                if not data:
-                    break
-                yield data
-        self._resp.release()
+        complete = False
+        try:
+            with _translated(self._upstream):
+                while True:
+                    data = await content.readany()
+                    if not data:
+                        break
+                    yield data
+            complete = True
+        finally:
+            if complete:
+                self._resp.release()
+            else:
+                self._resp.close()
 
     def close(self) -> None:
         self._resp.close()

@@ -1,0 +1,208 @@
+"""A fake OpenAI-compatible upstream for tests and demos: real HTTP on a real socket, JSON and SSE.
+
+    python -m turnout.testing.fake_upstream --port 18000
+
+Behaviour is chosen per request by the model name's query string (it survives any gateway), or by
+an `x-fake-<knob>` header:
+
+    knob          meaning                                                   example
+    chunks        content chunks in a stream (default 4)                     fake?chunks=16
+    delay_ms      pause between stream chunks                                fake?delay_ms=50
+    tools         answer with a tool call (JSON) or tool-call deltas (SSE)   fake?tools=1
+    fault         500 | 429 | 400 | 401 | drop | drop_mid | slow             fake?fault=429
+                  500/429/400/401: OpenAI-style error with that status (429 adds Retry-After)
+                  drop: close the connection before any response
+                  drop_mid: send half the body or stream, then reset the connection
+                  slow: wait slow_ms before the first byte
+    fail_times    apply `fault` only to the first N requests with this model name, then answer
+    retry_after   the Retry-After value of a 429 (default 1)
+    slow_ms       default 5000
+
+Every request is recorded (path, headers, JSON body); `GET /_fake/requests` returns them and
+`DELETE /_fake/requests` clears them. Streams the client abandoned are listed under `abandoned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+KNOBS = ("chunks", "delay_ms", "tools", "fault", "fail_times", "retry_after", "slow_ms")
+DEFAULTS = {"chunks": "4", "delay_ms": "0", "tools": "0", "fault": "", "fail_times": "0", "retry_after": "1",
+            "slow_ms": "5000"}  # fmt: skip
+
+
+def knobs(model: str, headers: Any) -> dict[str, str]:
+    k = dict(DEFAULTS)
+    if "?" in model:
+        k.update(parse_qsl(model.split("?", 1)[1]))
+    for name in KNOBS:
+        value = headers.get("x-fake-" + name.replace("_", "-"))
+        if value is not None:
+            k[name] = value
+    return k
+
+
+def _completion(model: str, tools: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": "Hello from the fake upstream."}
+    if tools:
+        message = {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                   "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}  # fmt: skip
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tools else "stop"}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 7, "total_tokens": 15},
+    }  # fmt: skip
+
+
+def sse_events(model: str, chunks: int, tools: bool, usage: bool) -> list[bytes]:
+    def ev(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": choices, **extra}  # fmt: skip
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "finish_reason": finish}]
+
+    out = [ev(choice({"role": "assistant", "content": ""}))]
+    if tools:
+        out.append(ev(choice({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": ""}}]})))  # fmt: skip
+        for part in ('{"city"', ': "Par', 'is"}'):
+            out.append(ev(choice({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})))
+        out.append(ev(choice({}, "tool_calls")))
+    else:
+        out += [ev(choice({"content": f"tok{i} "})) for i in range(chunks)]
+        out.append(ev(choice({}, "stop")))
+    if usage:
+        out.append(ev([], usage={"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def _error(status: int, message: str, type_: str, code: str) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP RST."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.abandoned: list[dict[str, Any]] = []
+        self._seen: dict[str, int] = {}
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_get("/_fake/requests", self.list_requests)
+        self.app.router.add_delete("/_fake/requests", self.clear_requests)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "abandoned": self.abandoned})
+
+    async def clear_requests(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        self.abandoned.clear()
+        self._seen.clear()
+        return web.json_response({"ok": True})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "body is not JSON", "invalid_request_error", "invalid_json")
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        model = str(body.get("model", "fake"))
+        k = knobs(model, request.headers)
+        fault = k["fault"]
+        seen = self._seen.get(model, 0)
+        self._seen[model] = seen + 1
+        if int(k["fail_times"]) and seen >= int(k["fail_times"]):
+            fault = ""
+        if fault == "slow":
+            await asyncio.sleep(float(k["slow_ms"]) / 1000)
+        if fault == "drop":
+            _reset(request)
+            return web.Response()
+        if fault == "500":
+            return _error(500, "fake upstream failure", "server_error", "500")
+        if fault == "429":
+            resp = _error(429, "fake rate limit", "rate_limit_error", "rate_limit_exceeded")
+            resp.headers["Retry-After"] = k["retry_after"]
+            return resp
+        if fault == "400":
+            return _error(400, "fake: `temperature` must be <= 2", "invalid_request_error", "invalid_value")
+        if fault == "401":
+            return _error(401, "Incorrect API key provided: sk-live-abcdef123456", "invalid_request_error", "bad_key")
+        tools = k["tools"] not in ("", "0")
+        if not body.get("stream"):
+            data = json.dumps(_completion(model, tools)).encode()
+            if fault == "drop_mid":
+                return await self._drop_mid_json(request, data)
+            return web.Response(body=data, content_type="application/json")
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = sse_events(model, int(k["chunks"]), tools, usage)
+        return await self._stream(request, model, events, float(k["delay_ms"]) / 1000, fault == "drop_mid")
+
+    async def _drop_mid_json(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        _reset(request)
+        return resp
+
+    async def _stream(
+        self, request: web.Request, model: str, events: list[bytes], delay: float, drop: bool
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        stop = len(events) // 2 if drop else len(events)
+        sent = 0
+        try:
+            for i, event in enumerate(events[:stop]):
+                if delay and i:
+                    await asyncio.sleep(delay)
+                await resp.write(event)
+                sent += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.abandoned.append({"model": model, "sent": sent, "of": len(events)})
+            raise
+        if drop:
+            _reset(request)
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=18000)
+    a = ap.parse_args()
+    web.run_app(FakeUpstream().app, host=a.host, port=a.port, print=lambda s: None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()
