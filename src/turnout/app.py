@@ -6,6 +6,7 @@ Raw ASGI rather than a framework: the chat path is the hot path and every layer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import uuid
@@ -17,7 +18,7 @@ import orjson
 from turnout.config import Settings
 from turnout.errors import AuthError, BodyTooLarge, MethodNotAllowed, PathNotFound, RequestError, TurnoutError
 from turnout.gateway import Gateway
-from turnout.proxy import JsonReply, StreamReply
+from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
@@ -171,8 +172,13 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         reply.close()
-        if not state["gone"]:
-            raise
+        if state["gone"]:
+            return
+        # The server is stopping and the grace period is over: end the stream cleanly, not with a reset.
+        event = stream_error_event("the gateway is shutting down; the stream was cut short", "gateway_shutdown")
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except BaseException:
         reply.close()
         raise

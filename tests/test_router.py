@@ -1,0 +1,82 @@
+"""Routers, strategies and the gateway's decision, in process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.test_config import minimal
+from turnout.config import validate
+from turnout.errors import ModelNotFound, RequestError
+from turnout.gateway import Gateway
+from turnout.router import ExplicitStrategy, Router
+from turnout.types import Decision, RequestContext
+
+
+def ctx(model: str, hint: str | None = None) -> RequestContext:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return RequestContext("id", body, model, False, hint, "the `x-turnout-route` header" if hint else None)
+
+
+def two_routes() -> Gateway:
+    raw = minimal()
+    raw["routes"]["deep"] = {"targets": ["small"]}
+    raw["routers"]["auto"] = {"routes": ["lite", "deep"], "fallback": "lite"}
+    return Gateway(validate(raw, {}), {})
+
+
+class Abstains:
+    name = "abstains"
+
+    async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
+        return None
+
+
+class AlwaysDeep:
+    name = "always-deep"
+
+    async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
+        return Decision(route="deep", strategy=self.name, confidence=0.0)
+
+
+def test_first_strategy_that_speaks_decides_and_every_strategy_is_timed() -> None:
+    cfg = validate(minimal(), {}).routers["auto"]
+    router = Router("auto", cfg, [Abstains(), AlwaysDeep(), Abstains()])
+    d = asyncio.run(router.decide(ctx("auto")))
+    assert (d.route, d.strategy, d.router, d.confidence) == ("deep", "always-deep", "auto", 0.0)
+    assert list(d.strategy_ms) == ["abstains", "always-deep"]
+
+
+def test_when_every_strategy_abstains_the_fallback_route_decides() -> None:
+    cfg = validate(minimal(), {}).routers["auto"]
+    d = asyncio.run(Router("auto", cfg, [Abstains()]).decide(ctx("auto")))
+    assert (d.route, d.strategy, d.reason) == ("lite", "fallback", "every strategy abstained")
+
+
+def test_explicit_strategy_abstains_without_a_known_hint() -> None:
+    s = ExplicitStrategy({"lite", "deep"})
+    assert asyncio.run(s.decide(ctx("auto"), ("lite", "deep"))) is None
+    d = asyncio.run(s.decide(ctx("auto", "deep"), ("lite", "deep")))
+    assert d is not None and (d.route, d.confidence) == ("deep", 1.0)
+    assert d.reason == "route named by the `x-turnout-route` header"
+
+
+def test_gateway_decides_router_route_and_unknown_models() -> None:
+    gw = two_routes()
+    assert asyncio.run(gw.decide(ctx("auto", "deep"))).route == "deep"
+    d = asyncio.run(gw.decide(ctx("deep")))
+    assert (d.route, d.strategy, d.router) == ("deep", "explicit", None)
+    with pytest.raises(ModelNotFound, match="use one of: `auto`, `lite`, `deep`"):
+        asyncio.run(gw.decide(ctx("gpt-4o")))
+    with pytest.raises(RequestError, match="unknown route `huge`"):
+        asyncio.run(gw.decide(ctx("auto", "huge")))
+
+
+def test_passthrough_targets_the_configured_upstream_with_the_model_unchanged() -> None:
+    gw = Gateway(validate(minimal(passthrough={"enabled": True, "upstream": "local"}), {}), {})
+    c = ctx("org/model-x")
+    d = asyncio.run(gw.decide(c))
+    assert d.strategy == "passthrough"
+    [target] = gw.targets(c, d)
+    assert (target.upstream, target.name) == ("local", "org/model-x")
