@@ -26,69 +26,75 @@ class Closed(BaseModel):
 
 
 class ServerConfig(Closed):
-    host: str = "127.0.0.1"
-    port: int = Field(4001, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=256)
-    shutdown_grace_s: float = Field(30.0, ge=0)
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = Field("127.0.0.1", description="address to listen on (`0.0.0.0` for every interface)")
+    port: int = Field(4001, ge=0, le=65535, description="port to listen on")
+    workers: int = Field(1, ge=1, le=256, description="worker processes; one per core you want to use")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="larger request bodies get a 413")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
 
 class AuthConfig(Closed):
-    keys: list[str] = Field(default_factory=list, description="inbound API keys; empty means no auth")
+    keys: list[str] = Field(default_factory=list, description="inbound API keys; empty: no auth")
 
 
 class UpstreamConfig(Closed):
-    kind: Literal["openai"] = "openai"
-    base_url: str = Field(pattern=r"^https?://")
-    api_key: str = ""
-    headers: dict[str, str] = Field(default_factory=dict)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    first_byte_timeout_s: float = Field(120.0, gt=0, description="also the longest pause between chunks")
-    max_connections: int = Field(512, ge=1)
+    kind: Literal["openai"] = Field("openai", description="protocol; `openai` is every OpenAI-compatible server")
+    base_url: str = Field(pattern=r"^https?://", description="up to and including `/v1`")
+    api_key: str = Field("", description="sent as `Authorization: Bearer`; use `${ENV}`, never a literal")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers on every request")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP connect timeout")
+    first_byte_timeout_s: float = Field(
+        120.0, gt=0, description="wait for the response headers; also the longest pause between stream chunks"
+    )
+    max_connections: int = Field(512, ge=1, description="pooled keep-alive connections to this upstream")
 
 
 class ModelConfig(Closed):
-    upstream: str
+    upstream: str = Field(description="name of an entry under `upstreams`")
     name: str = Field(min_length=1, description="the model id the upstream knows")
     input_price: float = Field(0.0, ge=0, description="USD per 1M input tokens")
     output_price: float = Field(0.0, ge=0, description="USD per 1M output tokens")
-    context_window: int | None = Field(None, ge=1)
-    capabilities: list[Capability] | None = Field(None, description="None: assume it can do anything")
+    context_window: int | None = Field(None, ge=1, description="tokens; longer requests skip this model")
+    capabilities: list[Capability] | None = Field(
+        None, description="what it can do; requests needing more skip it; null: assume anything"
+    )
 
 
 class RouteConfig(Closed):
-    description: str = ""
-    targets: list[str] = Field(min_length=1, description="models in fallback order")
+    description: str = Field("", description="what the route is for; shown in `/v1/models`")
+    targets: list[str] = Field(min_length=1, description="names under `models`, in fallback order")
 
 
 class RouterConfig(Closed):
-    description: str = ""
-    routes: list[str] = Field(min_length=1)
-    strategies: list[str] = Field(default_factory=lambda: ["explicit"])
-    fallback: str
+    description: str = Field("", description="shown in `/v1/models`")
+    routes: list[str] = Field(min_length=1, description="routes this router chooses among")
+    strategies: list[str] = Field(default_factory=lambda: ["explicit"], description="tried in order")
+    fallback: str = Field(description="the route when every strategy abstains; one of `routes`")
 
 
 class PassthroughConfig(Closed):
-    enabled: bool = False
-    upstream: str | None = None
+    enabled: bool = Field(False, description="send a `model` that names no router or route on, unchanged")
+    upstream: str | None = Field(None, description="the upstream that receives those requests")
 
 
 class ProxyConfig(Closed):
-    attempts_per_target: int = Field(2, ge=1, le=10)
-    backoff_s: float = Field(0.05, ge=0)
-    retry_after_cap_s: float = Field(2.0, ge=0)
+    attempts_per_target: int = Field(2, ge=1, le=10, description="tries per target before the next one")
+    backoff_s: float = Field(0.05, ge=0, description="wait before a retry, doubled each time")
+    retry_after_cap_s: float = Field(
+        2.0, ge=0, description="honour a 429's `Retry-After` up to this; longer means go to the next target"
+    )
 
 
 class Settings(Closed):
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    upstreams: dict[NAME, UpstreamConfig] = Field(min_length=1)
-    models: dict[NAME, ModelConfig] = Field(min_length=1)
-    routes: dict[NAME, RouteConfig] = Field(min_length=1)
-    routers: dict[NAME, RouterConfig] = Field(default_factory=dict)
-    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
-    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig, description="listening and limits")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="inbound authentication")
+    upstreams: dict[NAME, UpstreamConfig] = Field(min_length=1, description="provider endpoints")
+    models: dict[NAME, ModelConfig] = Field(min_length=1, description="concrete models on upstreams")
+    routes: dict[NAME, RouteConfig] = Field(min_length=1, description="named destinations clients may ask for")
+    routers: dict[NAME, RouterConfig] = Field(default_factory=dict, description="virtual models that decide")
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig, description="unknown model names")
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig, description="retries and fallback")
     expose_models: bool = Field(False, description="list target model ids in /v1/models")
 
     @model_validator(mode="after")
