@@ -236,6 +236,8 @@ def test_inbound_keys_are_enforced(make_gateway: GatewayFactory) -> None:
         assert good.chat.completions.create(model="lite", messages=HI).choices
     ok = httpx.get(gw.url + "/v1/models", headers={"x-api-key": "sk-turnout-test"})
     assert ok.status_code == 200
+    basic_then_key = {"authorization": "Basic dXNlcjpwdw==", "x-api-key": "sk-turnout-test"}
+    assert httpx.get(gw.url + "/v1/models", headers=basic_then_key).status_code == 200
 
 
 def test_unknown_path_and_wrong_method_are_openai_shaped(http: httpx.Client) -> None:

@@ -158,6 +158,30 @@ def test_sigterm_cuts_streams_that_outlive_the_grace_period(
     assert_clean_exit(s)
 
 
+def test_a_request_still_waiting_when_the_grace_runs_out_gets_a_503(
+    tmp_path: Path, upstream: UpstreamThread, served: list[Served]
+) -> None:
+    cfg = write_config(tmp_path, upstream, server={"shutdown_grace_s": 1},
+                       upstreams={"fake": {"base_url": upstream.url, "first_byte_timeout_s": 30}},
+                       models={"slow": {"upstream": "fake", "name": "fake?fault=slow&slow_ms=8000"}},
+                       routes={"lite": {"targets": ["slow"]}})  # fmt: skip
+    s = start_serve("--config", str(cfg))
+    served.append(s)
+    result: list[httpx.Response] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            httpx.post(s.url + "/v1/chat/completions", json={"model": "lite", "messages": HI}, timeout=20)
+        )
+    )
+    waiter.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    waiter.join(15)
+    assert result[0].status_code == 503
+    assert result[0].json()["error"]["code"] == "gateway_shutdown"
+    assert_clean_exit(s)
+
+
 def test_serve_with_workers_runs_several_processes(
     tmp_path: Path, upstream: UpstreamThread, served: list[Served]
 ) -> None:

@@ -55,8 +55,9 @@ def test_when_every_strategy_abstains_the_fallback_route_decides() -> None:
 
 
 def test_explicit_strategy_abstains_without_a_known_hint() -> None:
-    s = ExplicitStrategy({"lite", "deep"})
+    s = ExplicitStrategy()
     assert asyncio.run(s.decide(ctx("auto"), ("lite", "deep"))) is None
+    assert asyncio.run(s.decide(ctx("auto", "code"), ("lite", "deep"))) is None
     d = asyncio.run(s.decide(ctx("auto", "deep"), ("lite", "deep")))
     assert d is not None and (d.route, d.confidence) == ("deep", 1.0)
     assert d.reason == "route named by the `x-turnout-route` header"
@@ -73,6 +74,14 @@ def test_gateway_decides_router_route_and_unknown_models() -> None:
         asyncio.run(gw.decide(ctx("auto", "huge")))
 
 
+def test_a_route_hint_outside_the_router_is_refused() -> None:
+    raw = minimal()
+    raw["routes"]["deep"] = {"targets": ["small"]}
+    gw = Gateway(validate(raw, {}), {})  # router `auto` covers only `lite`
+    with pytest.raises(RequestError, match="router `auto`'s routes: `lite`"):
+        asyncio.run(gw.decide(ctx("auto", "deep")))
+
+
 def test_passthrough_targets_the_configured_upstream_with_the_model_unchanged() -> None:
     gw = Gateway(validate(minimal(passthrough={"enabled": True, "upstream": "local"}), {}), {})
     c = ctx("org/model-x")
@@ -80,3 +89,10 @@ def test_passthrough_targets_the_configured_upstream_with_the_model_unchanged() 
     assert d.strategy == "passthrough"
     [target] = gw.targets(c, d)
     assert (target.upstream, target.name) == ("local", "org/model-x")
+
+
+def test_every_strategy_the_config_accepts_has_an_implementation() -> None:
+    from turnout.config import STRATEGY_NAMES
+    from turnout.router import STRATEGY_KINDS
+
+    assert set(STRATEGY_NAMES) == set(STRATEGY_KINDS)

@@ -62,3 +62,12 @@ def test_targets_on_a_down_upstream_go_last() -> None:
     assert [t.key for t in s.targets("lite", text(1))] == ["big", "small"]
     health.ok("local")
     assert [t.key for t in s.targets("lite", text(1))] == ["small", "big"]
+
+
+def test_after_the_cooldown_an_upstream_is_half_open() -> None:
+    health = HealthBoard(threshold=2, cooldown_s=0.0)
+    health.failed("local")
+    health.failed("local")
+    assert health.is_down("local") is False  # cooldown of 0 s is already over
+    health.failed("local")
+    assert health.is_down("local") is False  # one failure after the cooldown is not enough

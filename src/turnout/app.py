@@ -175,7 +175,8 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
         if state["gone"]:
             return
         # The server is stopping and the grace period is over: end the stream cleanly, not with a reset.
-        event = stream_error_event("the gateway is shutting down; the stream was cut short", "gateway_shutdown")
+        event = stream_error_event("the gateway is shutting down; the stream was cut short", "gateway_shutdown",
+                                   "server_error")  # fmt: skip
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -228,6 +229,14 @@ class App:
             await send_error(send, exc, decision_headers(scope.get("turnout.ctx"), request_id))
         except ClientGone:
             return
+        except asyncio.CancelledError:
+            # The grace period after SIGTERM ran out before this request was answered (streams that
+            # already started end themselves in relay_stream).
+            if scope.get("turnout.started"):
+                raise
+            gone = TurnoutError("the gateway is shutting down; retry the request", code="gateway_shutdown")
+            gone.status, gone.type = 503, "server_error"
+            await send_error(send, gone, decision_headers(scope.get("turnout.ctx"), request_id))
         except Exception:  # never a stack trace to the client; the log gets the type only
             log.exception("internal error handling request %s", request_id)
             internal = TurnoutError("internal error in the gateway; see its log for request " + request_id)
@@ -236,14 +245,13 @@ class App:
     def authenticate(self, scope: Scope) -> None:
         if not self._keys:
             return
-        token = b""
+        bearer = other = b""
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
-                break
-            if name in (b"x-api-key", b"api-key"):
-                token = value.strip()
-                break
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                bearer = value[7:].strip()
+            elif name in (b"x-api-key", b"api-key"):
+                other = value.strip()
+        token = bearer or other
         if not token:
             raise AuthError("missing API key: send `Authorization: Bearer <key>`")
         if not any(hmac.compare_digest(token, key) for key in self._keys):
@@ -285,6 +293,7 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     if isinstance(reply, JsonReply):
         await send_bytes(send, reply.status, reply.body, headers, reply.content_type.encode())
     else:
+        scope["turnout.started"] = True
         await relay_stream(send, receive, reply, headers)
 
 

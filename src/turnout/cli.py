@@ -53,7 +53,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 # --- check -------------------------------------------------------------------------------
 
 
-async def _probe_all(settings: Settings, timeout_s: float) -> dict[str, tuple[bool, str, list[str]]]:
+async def _probe_all(settings: Settings, timeout_s: float) -> dict[str, tuple[bool | None, str, list[str]]]:
     upstreams = {n: build_upstream(n, c) for n, c in settings.upstreams.items()}
     try:
         results = await asyncio.gather(*(u.probe(timeout_s) for u in upstreams.values()))
@@ -69,7 +69,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     rows = [["upstream", "url", "status", "models"]]
     report: dict[str, Any] = {"config": source, "valid": True, "upstreams": {}}
     for name, up in settings.upstreams.items():
-        ok, status, ids = probes.get(name, (True, "not probed", []))
+        ok, status, ids = probes.get(name, (None, "not probed", []))
         wanted = sorted({m.name for m in settings.models.values() if m.upstream == name})
         missing = [m for m in wanted if ids and m not in ids]
         note = f"missing: {', '.join(missing)}" if missing else (f"{len(ids)} listed" if ids else "-")

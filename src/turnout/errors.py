@@ -113,7 +113,7 @@ class UpstreamStatus(UpstreamError):
 
 
 class UpstreamClientError(TurnoutError):
-    """The upstream refused the request itself (4xx other than 429): not retried, passed through."""
+    """The upstream refused the request itself (a 4xx other than 401/403/408/429): passed through, not retried."""
 
     def __init__(self, status: int, message: str, type_: str, param: str | None, code: str | None) -> None:
         super().__init__(message, param=param, code=code)

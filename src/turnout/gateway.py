@@ -37,14 +37,16 @@ class Gateway:
 
     async def decide(self, ctx: RequestContext) -> Decision:
         """The Decision for a request, without forwarding anything."""
-        if ctx.route_hint is not None and ctx.route_hint not in self.settings.routes:
-            known = ", ".join(f"`{r}`" for r in self.settings.routes)
+        router = self.routers.get(ctx.model)
+        hint = ctx.route_hint
+        if hint is not None and (hint not in self.settings.routes or (router and hint not in router.routes)):
+            allowed = router.routes if router else tuple(self.settings.routes)
+            where = f"router `{router.name}`'s routes" if router else "known routes"
             raise RequestError(
-                f"unknown route `{ctx.route_hint}` in {ctx.route_hint_source}; known routes: {known}",
-                param=ctx.route_hint_source,
+                f"unknown route `{hint}` in {ctx.route_hint_source}; {where}: {', '.join(f'`{r}`' for r in allowed)}",
+                param="metadata.route" if ctx.route_hint_source == "`metadata.route`" else None,
                 code="unknown_route",
             )
-        router = self.routers.get(ctx.model)
         if router is not None:
             return await router.decide(ctx)
         start = time.perf_counter()

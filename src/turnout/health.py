@@ -1,7 +1,8 @@
 """A per-process health snapshot of upstreams, written by the proxy and read by selection.
 
 After `threshold` consecutive failures an upstream counts as down for `cooldown_s`; its targets are
-tried after the healthy ones (never dropped, so a request still has somewhere to go).
+tried after the healthy ones (never dropped, so a request still has somewhere to go). A 429 is
+not ill health and does not count.
 """
 
 from __future__ import annotations
@@ -29,4 +30,11 @@ class HealthBoard:
 
     def is_down(self, upstream: str) -> bool:
         until = self._down_until.get(upstream)
-        return until is not None and until > time.monotonic()
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        # Cooldown over: half-open. One more failure does not mark it down again; `threshold` more do.
+        del self._down_until[upstream]
+        self._failures[upstream] = 0
+        return False

@@ -86,8 +86,8 @@ def client_error(status: int, body: bytes, upstream: str, secrets: tuple[str, ..
     )
 
 
-def stream_error_event(message: str, code: str) -> bytes:
-    return b"data: " + error_body(message, "upstream_error", None, code) + b"\n\n"
+def stream_error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
+    return b"data: " + error_body(message, type_, None, code) + b"\n\n"
 
 
 async def _relay(first: bytes, rest: AsyncIterator[bytes], upstream: str) -> AsyncIterator[bytes]:
@@ -129,7 +129,8 @@ class Proxy:
                 except UpstreamError as exc:
                     attempts.append(Attempt(target.key, exc.kind, getattr(exc, "upstream_status", None), _ms(start)))
                     failures.append((target.key, exc))
-                    self.health.failed(target.upstream)
+                    if exc.kind != "rate_limited":  # busy is not broken
+                        self.health.failed(target.upstream)
                     last = ti == len(targets) - 1 and n == tries - 1
                     wait = self._wait_before_retry(exc, n)
                     if wait is None:
@@ -141,7 +142,8 @@ class Proxy:
                     attempts.append(Attempt(target.key, "upstream_4xx", None, _ms(start)))
                     self.health.ok(target.upstream)
                     raise
-                attempts.append(Attempt(target.key, None, 200, _ms(start)))
+                status = reply.status if isinstance(reply, JsonReply) else 200
+                attempts.append(Attempt(target.key, None, status, _ms(start)))
                 self.health.ok(target.upstream)
                 return Outcome(reply, target, attempts)
         raise AllTargetsFailed(route, failures)

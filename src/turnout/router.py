@@ -7,30 +7,27 @@ the router's fallback route is the decision. Policy (order, fallback) lives here
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 from turnout.config import RouterConfig, Settings
 from turnout.types import Decision, RequestContext, Strategy
 
 
 class ExplicitStrategy:
-    """Honours a route named by `metadata.route` in the body or the `x-turnout-route` header."""
+    """Honours a route of this router named by `metadata.route` in the body or the `x-turnout-route` header."""
 
     name = "explicit"
 
-    def __init__(self, known_routes: Collection[str]) -> None:
-        self._known = frozenset(known_routes)
-
     async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
         hint = ctx.route_hint
-        if hint is None or hint not in self._known:
+        if hint is None or hint not in routes:
             return None
         reason = f"route named by {ctx.route_hint_source}"
         return Decision(route=hint, strategy=self.name, confidence=1.0, reason=reason)
 
 
 STRATEGY_KINDS: dict[str, Callable[[Settings], Strategy]] = {
-    "explicit": lambda settings: ExplicitStrategy(settings.routes),
+    "explicit": lambda settings: ExplicitStrategy(),
 }
 
 

@@ -59,7 +59,7 @@ class OpenAIResponse:
         self._upstream = upstream
         self.status = resp.status
         self.content_type = resp.headers.get("Content-Type", "application/json")
-        self.retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
+        self.retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
 
     async def read(self) -> bytes:
         with _translated(self._upstream):
@@ -136,8 +136,10 @@ class OpenAIUpstream:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"unreachable ({type(exc).__name__})"
             return False, reason, []
         ms = (time.perf_counter() - start) * 1000
-        if resp.status != 200:
-            return False, f"HTTP {resp.status} from /models", []
+        if resp.status in (401, 403):
+            return False, f"rejected the API key (HTTP {resp.status} from /models)", []
+        if resp.status != 200:  # up, but without a model list: chat may still work
+            return resp.status < 500, f"answers, but HTTP {resp.status} from /models ({ms:.0f} ms)", []
         ids: list[str] = []
         try:
             data: Any = orjson.loads(body)
