@@ -103,7 +103,11 @@ def summary(results, scenarios, max_other, target="turnout"):
             f"added p50 at c=1 {n(added, '.3f')} <= {MAX_ADDED_P50} ms",
         )
         floor, kind = (MIN_SSE_RPS, "SSE answers/s") if stream else (MIN_JSON_RPS, "JSON req/s")
-        check(None if rps is None else rps >= floor, f"{n(rps, ',.0f')} {kind} at c=64 >= {floor:,} per gateway core")
+        text = f"{n(rps, ',.0f')} {kind} at c=64 >= {floor:,} per gateway core"
+        direct = med(runs("direct", sc, 64), lambda r: r["rps"])
+        if direct is not None and direct < floor:  # e.g. sse-paced: 100 ms an answer bounds the load, not the gateway
+            text, rps = f"{text} (not applicable: direct itself does {direct:,.0f}/s)", None
+        check(None if rps is None else rps >= floor, text)
         if not stream:
             for c, x in ((1, cpu1), (64, cpu64)):
                 check(

@@ -70,7 +70,9 @@ def _field_error(param: str, what: str) -> RequestError:
     return RequestError(f"`{param}` {what}", param=param, code="invalid_value")
 
 
-def chat_context(body: dict[str, Any], header_route: str | None, request_id: str) -> RequestContext:
+def chat_context(
+    body: dict[str, Any], header_route: str | None, request_id: str, session_header: str | None = None
+) -> RequestContext:
     """Check the fields the gateway uses; everything else passes through untouched."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -88,6 +90,10 @@ def chat_context(body: dict[str, Any], header_route: str | None, request_id: str
         raise _field_error("stream", "must be a boolean")
     hint, source = header_route, "the `x-turnout-route` header" if header_route else None
     metadata = body.get("metadata")
+    user = body.get("user")
+    session = session_header or (metadata.get("session_id") if isinstance(metadata, dict) else None) or user
+    if session is not None and not isinstance(session, str):
+        session = str(session)
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise _field_error("metadata", "must be an object")
@@ -102,7 +108,7 @@ def chat_context(body: dict[str, Any], header_route: str | None, request_id: str
                 del body["metadata"]
             if hint is None:
                 hint, source = route, "`metadata.route`"
-    return RequestContext(request_id, body, model, stream, hint, source)
+    return RequestContext(request_id, body, model, stream, hint, source, session)
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -261,10 +267,17 @@ class App:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:  # a broken bank or encoder: refuse to start, say why
+                    log.error("turnout cannot start: %s", getattr(exc, "message", None) or repr(exc))
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 self.readiness.start()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.readiness.stop()
+                await self.gateway.close()
                 for upstream in self.upstreams.values():
                     await upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -285,7 +298,7 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     app.authenticate(scope)
     body = parse_json_object(await read_body(receive, app._limit))
     request_id = scope["turnout.request_id"]
-    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id)
+    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id, _header(scope, b"x-turnout-session"))
     scope["turnout.ctx"] = ctx
     outcome = await app.gateway.handle(ctx)
     headers = decision_headers(ctx, request_id)
@@ -304,7 +317,7 @@ async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -
         body["messages"] = [{"role": "user", "content": body.pop("text")}]
     body.setdefault("model", next(iter(app.gateway.routers), next(iter(app.settings.routes))))
     request_id = scope["turnout.request_id"]
-    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id)
+    ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id, _header(scope, b"x-turnout-session"))
     scope["turnout.ctx"] = ctx
     out = await app.gateway.explain(ctx)
     await send_bytes(send, 200, orjson.dumps(out), decision_headers(ctx, request_id))

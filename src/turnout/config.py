@@ -18,7 +18,7 @@ from turnout.errors import ConfigError
 
 NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/?=&@+-]*$", max_length=128)]
 Capability = Literal["tools", "vision", "audio", "json_mode"]
-STRATEGY_NAMES = ("explicit",)  # the next issue adds rules, semantic, classifier, llm
+STRATEGY_NAMES = ("explicit", "rules", "semantic", "classifier", "llm")
 
 
 class Closed(BaseModel):
@@ -62,8 +62,71 @@ class ModelConfig(Closed):
 
 
 class RouteConfig(Closed):
-    description: str = Field("", description="what the route is for; shown in `/v1/models`")
+    description: str = Field("", description="what the route is for; shown in `/v1/models` and to the LLM judge")
     targets: list[str] = Field(min_length=1, description="names under `models`, in fallback order")
+    utterances: list[str] = Field(default_factory=list, description="example requests for the semantic strategy")
+    banks: list[str] = Field(default_factory=list, description="built-in utterance banks to add (`turnout banks`)")
+    threshold: float | None = Field(None, description="semantic threshold for this route; overrides the router's")
+
+
+class EncoderConfig(Closed):
+    kind: Literal["use", "sentence-transformers", "openai"] = Field(
+        "use", description="`use`: the bundled multilingual USE; a local sentence-transformers dir; a remote API"
+    )
+    threads: int = Field(1, ge=1, le=64, description="BLAS threads for `use`; at most the cores you may use")
+    path: str | None = Field(None, description="model directory, for `sentence-transformers`")
+    upstream: str | None = Field(None, description="upstream serving `/v1/embeddings`, for `openai`")
+    model: str | None = Field(None, description="embedding model id, for `openai`")
+    timeout_s: float = Field(2.0, gt=0, description="an encoder slower than this fails open to the fallback")
+
+
+class RuleConfig(Closed):
+    name: str = Field(min_length=1, description="shown in the decision's reason")
+    route: str = Field(description="the route this rule sends to; one of the router's routes")
+    keywords: list[str] = Field(default_factory=list, description="phrases, case-insensitive")
+    banks: list[str] = Field(default_factory=list, description="built-in keyword banks (`turnout banks`)")
+    regex: list[str] = Field(default_factory=list, description="Python regular expressions, case-insensitive")
+    has_tools: bool | None = Field(None, description="require (true) or forbid (false) tools in the request")
+    has_images: bool | None = Field(None, description="require or forbid image parts")
+    min_tokens: int | None = Field(None, ge=0, description="estimated prompt tokens at least this")
+    max_tokens: int | None = Field(None, ge=0, description="estimated prompt tokens at most this")
+    min_turns: int | None = Field(None, ge=0, description="user turns at least this")
+    languages: list[str] | None = Field(None, description="detected language is one of these (`en`, `zh`, ...)")
+    reasoning_effort: list[str] | None = Field(None, description="requested `reasoning_effort` is one of these")
+
+
+class SemanticConfig(Closed):
+    encoder: str = Field("default", description="name under `encoders`")
+    top_k: int = Field(3, ge=1, le=50, description="a route scores the mean of its k best utterance matches")
+    dense_weight: float = Field(0.75, ge=0, le=1, description="score = w * dense cosine + (1 - w) * sparse")
+    threshold: float = Field(0.45, description="best route score below this: abstain")
+    margin: float = Field(0.02, ge=0, description="best minus second-best below this: abstain")
+
+
+class ClassifierConfig(Closed):
+    artifact: str = Field(description="file written by `turnout train`")
+    threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="category: top probability below this abstains; cost: P(strong needed) at or above it goes strong",
+    )
+    margin: float = Field(0.0, ge=0, description="category mode: top minus second probability below this abstains")
+
+
+class LLMJudgeConfig(Closed):
+    model: str = Field(description="name under `models` that judges")
+    timeout_s: float = Field(3.0, gt=0, description="hard limit; slower means abstain")
+    threshold: float = Field(0.5, ge=0, le=1, description="a verdict less confident than this abstains")
+    cache_size: int = Field(10000, ge=0, description="verdicts kept, keyed by a hash of the classified text")
+    max_chars: int = Field(4000, ge=100, description="text longer than this is cut (head and tail kept)")
+
+
+class ConversationConfig(Closed):
+    window: int = Field(2, ge=0, le=20, description="earlier user turns classified with the latest one")
+    sticky: bool = Field(True, description="mid tool loop, keep the conversation's route instead of re-deciding")
+    session_ttl_s: float = Field(3600.0, gt=0, description="how long a conversation's route is remembered")
+    max_sessions: int = Field(100000, ge=1, description="conversations remembered per process")
 
 
 class RouterConfig(Closed):
@@ -71,6 +134,12 @@ class RouterConfig(Closed):
     routes: list[str] = Field(min_length=1, description="routes this router chooses among")
     strategies: list[str] = Field(default_factory=lambda: ["explicit"], description="tried in order")
     fallback: str = Field(description="the route when every strategy abstains; one of `routes`")
+    max_chars: int = Field(2000, ge=50, description="classified text cap; head and tail kept")
+    rules: list[RuleConfig] = Field(default_factory=list, description="for the `rules` strategy, first match wins")
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig, description="for the `semantic` strategy")
+    classifier: ClassifierConfig | None = Field(None, description="for the `classifier` strategy")
+    llm: LLMJudgeConfig | None = Field(None, description="for the `llm` strategy")
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig, description="multi-turn handling")
 
 
 class PassthroughConfig(Closed):
@@ -93,6 +162,10 @@ class Settings(Closed):
     models: dict[NAME, ModelConfig] = Field(min_length=1, description="concrete models on upstreams")
     routes: dict[NAME, RouteConfig] = Field(min_length=1, description="named destinations clients may ask for")
     routers: dict[NAME, RouterConfig] = Field(default_factory=dict, description="virtual models that decide")
+    encoders: dict[NAME, EncoderConfig] = Field(
+        default_factory=lambda: {"default": EncoderConfig()}, description="sentence encoders; `default` is USE"
+    )
+    runtime_dir: str = Field(".turnout", description="caches (utterance embeddings) and local state")
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig, description="unknown model names")
     proxy: ProxyConfig = Field(default_factory=ProxyConfig, description="retries and fallback")
     expose_models: bool = Field(False, description="list target model ids in /v1/models")
@@ -126,11 +199,55 @@ def _cross_reference_problems(s: Settings) -> list[str]:
             if strategy not in STRATEGY_NAMES:
                 valid = ", ".join(f"`{n}`" for n in STRATEGY_NAMES)
                 out.append(f"routers.{name}.strategies[{i}]: unknown strategy `{strategy}`; valid: {valid}")
+        out += _router_strategy_problems(s, name, router)
+    out += _encoder_problems(s)
     p = s.passthrough
     if p.enabled and p.upstream is None:
         out.append("passthrough.upstream: passthrough is enabled; name the upstream that receives unknown models")
     if p.upstream is not None and p.upstream not in s.upstreams:
         out.append(f"passthrough.upstream: upstream `{p.upstream}` is not defined under `upstreams`")
+    return out
+
+
+def _router_strategy_problems(s: Settings, name: str, router: RouterConfig) -> list[str]:
+    out: list[str] = []
+    path = f"routers.{name}"
+    for i, rule in enumerate(router.rules):
+        if rule.route not in router.routes:
+            out.append(f"{path}.rules[{i}].route: `{rule.route}` is not one of this router's routes")
+        for j, pattern in enumerate(rule.regex):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                out.append(f"{path}.rules[{i}].regex[{j}]: not a valid regular expression ({exc})")
+    if "rules" in router.strategies and not router.rules:
+        out.append(f"{path}.rules: the `rules` strategy is on; add at least one rule")
+    if "semantic" in router.strategies:
+        if router.semantic.encoder not in s.encoders:
+            out.append(f"{path}.semantic.encoder: encoder `{router.semantic.encoder}` is not defined under `encoders`")
+        bare = [r for r in router.routes if r in s.routes and not (s.routes[r].utterances or s.routes[r].banks)]
+        if len(bare) == len(router.routes):
+            out.append(f"{path}: the `semantic` strategy needs `utterances` or `banks` on at least one route")
+    if "classifier" in router.strategies and router.classifier is None:
+        out.append(f"{path}.classifier: the `classifier` strategy is on; set `classifier.artifact`")
+    if "llm" in router.strategies:
+        if router.llm is None:
+            out.append(f"{path}.llm: the `llm` strategy is on; set `llm.model`")
+        elif router.llm.model not in s.models:
+            out.append(f"{path}.llm.model: model `{router.llm.model}` is not defined under `models`")
+    return out
+
+
+def _encoder_problems(s: Settings) -> list[str]:
+    out: list[str] = []
+    for name, enc in s.encoders.items():
+        if enc.kind == "sentence-transformers" and not enc.path:
+            out.append(f"encoders.{name}.path: a `sentence-transformers` encoder needs the model directory")
+        if enc.kind == "openai":
+            if enc.upstream not in s.upstreams:
+                out.append(f"encoders.{name}.upstream: name an upstream under `upstreams` that serves embeddings")
+            if not enc.model:
+                out.append(f"encoders.{name}.model: name the embedding model")
     return out
 
 

@@ -74,6 +74,13 @@ class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
 
 
+class ClassificationFailed(TurnoutError):
+    """A strategy could not run (its encoder or judge failed). Never reaches a client: the router
+    records it and goes on to the next strategy or the fallback route."""
+
+    code = "classification_failed"
+
+
 class AuthError(TurnoutError):
     status = 401
     type = "authentication_error"

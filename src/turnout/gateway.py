@@ -10,10 +10,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from turnout.config import Settings
+from turnout.encoders import EmbeddingCache, EncoderSet
 from turnout.errors import ModelNotFound, RequestError
+from turnout.features import Features
 from turnout.health import HealthBoard
 from turnout.proxy import Outcome, Proxy
-from turnout.router import build_routers
+from turnout.router import Resources, build_routers
 from turnout.selection import Selector
 from turnout.types import Decision, RequestContext, Target, Upstream
 
@@ -25,11 +27,21 @@ class Gateway:
         self.settings = settings
         self.upstreams = upstreams
         self.health = HealthBoard()
-        self.routers = build_routers(settings)
+        self.encoders = EncoderSet(settings.encoders, upstreams)
+        self.resources = Resources(settings, self.encoders, EmbeddingCache(settings.runtime_dir), upstreams)
+        self.routers = build_routers(settings, self.resources)
         self.selector = Selector(settings, self.health)
         self.proxy = Proxy(settings.proxy, upstreams, self.health)
         p = settings.passthrough
         self.passthrough_upstream = p.upstream if p.enabled else None
+
+    async def start(self) -> None:
+        """Load what routing needs before the first request: encoders, utterance embeddings."""
+        for router in self.routers.values():
+            await router.start()
+
+    async def close(self) -> None:
+        await self.encoders.close()
 
     def client_models(self) -> list[str]:
         """The model names a client may ask for: routers, then routes."""
@@ -77,6 +89,10 @@ class Gateway:
     async def explain(self, ctx: RequestContext) -> dict[str, Any]:
         """The decision and the targets it would try, as `POST /v1/route` and `turnout route` show them."""
         ctx.decision = decision = await self.decide(ctx)
+        if not decision.signals:
+            router = self.routers.get(ctx.model)
+            features = router.features(ctx) if router else Features(ctx.body)
+            decision.signals = features.signals()
         targets = self.targets(ctx, decision)
         expose = self.settings.expose_models or decision.strategy == PASSTHROUGH
         return {

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from turnout.features import Features
 
 
 @dataclass(slots=True)
@@ -20,6 +23,8 @@ class RequestContext:
     stream: bool
     route_hint: str | None = None  # from `metadata.route` or the `x-turnout-route` header
     route_hint_source: str | None = None
+    session: str | None = None  # conversation key: `x-turnout-session`, `metadata.session_id` or `user`
+    features: Features | None = None  # built by the router on first use
     # Filled in as the request moves through the gateway; read for response headers and records.
     decision: Decision | None = None
     target: Target | None = None
@@ -41,6 +46,7 @@ class Decision:
     signals: dict[str, Any] = field(default_factory=dict)
     provenance: list[str] = field(default_factory=list)
     strategy_ms: dict[str, float] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)  # what each strategy said, in order
     elapsed_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,6 +62,7 @@ class Decision:
             "signals": self.signals,
             "provenance": self.provenance,
             "strategy_ms": self.strategy_ms,
+            "trace": self.trace,
             "elapsed_ms": round(self.elapsed_ms, 4),
         }
 
@@ -87,6 +94,16 @@ class Strategy(Protocol):
     async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None: ...
 
 
+class Encoder(Protocol):
+    """Text to unit-length vectors. `id` names the model, for caches."""
+
+    id: str
+
+    async def encode(self, texts: list[str]) -> Any: ...  # numpy array, shape (len(texts), dim)
+
+    async def close(self) -> None: ...
+
+
 class UpstreamResponse(Protocol):
     """An upstream's answer, headers read, body not yet."""
 
@@ -106,7 +123,9 @@ class Upstream(Protocol):
 
     name: str
 
-    async def send(self, model: str, payload: bytes, stream: bool) -> UpstreamResponse: ...
+    async def send(
+        self, model: str, payload: bytes, stream: bool, path: str = "/chat/completions"
+    ) -> UpstreamResponse: ...
 
     async def probe(self, timeout_s: float) -> tuple[bool, str, list[str]]: ...
 

@@ -99,7 +99,8 @@ class OpenAIUpstream:
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.config = config
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._base = config.base_url.rstrip("/")
+        self._url = self._base + "/chat/completions"
         self._headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
@@ -116,10 +117,11 @@ class OpenAIUpstream:
             )
         return self._session
 
-    async def send(self, model: str, payload: bytes, stream: bool) -> OpenAIResponse:
+    async def send(self, model: str, payload: bytes, stream: bool, path: str = "/chat/completions") -> OpenAIResponse:
         session = self._session or self._get_session()
+        url = self._url if path == "/chat/completions" else self._base + path
         with _translated(self.name):
-            resp = await session.post(self._url, data=payload, headers=self._headers)
+            resp = await session.post(url, data=payload, headers=self._headers)
         return OpenAIResponse(resp, self.name)
 
     async def probe(self, timeout_s: float) -> tuple[bool, str, list[str]]:

@@ -1,0 +1,1 @@
+"""Routing strategies. Each decides or abstains (returns None); the router applies policy."""
