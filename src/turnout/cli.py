@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 import uuid
@@ -112,6 +113,13 @@ def cmd_route(a: argparse.Namespace) -> int:
     return 0
 
 
+EXTRA_COMMANDS = [
+    ("train", "turnout.training", "train a classifier artifact from labelled JSONL"),
+    ("eval", "turnout.evaluate", "routing quality report on labelled JSONL"),
+    ("calibrate", "turnout.calibrate", "choose thresholds and margins from labelled JSONL; write a config patch"),
+]
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -144,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route", help="an explicit route hint, as `x-turnout-route` would give")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_route)
+
+    # Commands whose code lives in their own modules; each module has add_arguments(parser) and run(args).
+    for name, module, help_ in EXTRA_COMMANDS:
+        p = add(name, help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
     return ap
 
 
