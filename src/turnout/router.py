@@ -129,7 +129,9 @@ class Router:
                 return "below_margin"
         return "decided"
 
-    async def decide(self, ctx: RequestContext) -> Decision:
+    async def decide(self, ctx: RequestContext, exhaustive: bool = False) -> Decision:
+        """The decision. With `exhaustive`, every strategy runs and reports its proposal in the trace even
+        after one has decided (for `turnout calibrate`); the decision itself is the same."""
         start = time.perf_counter()
         timings: dict[str, float] = {}
         trace: list[dict[str, Any]] = []
@@ -156,12 +158,16 @@ class Router:
                 threshold, margin = self.policy(strategy.name, proposal.route)
                 verdict = self._verdict(proposal, threshold, margin)
                 trace.append({"strategy": strategy.name, "verdict": verdict, "route": proposal.route,
-                              "confidence": proposal.confidence})  # fmt: skip
+                              "confidence": proposal.confidence, "scores": proposal.scores})  # fmt: skip
                 proposal.threshold, proposal.margin = threshold, margin
+                if decision is not None:
+                    continue  # exhaustive: already decided, only recording
                 if verdict == "decided":
                     decision = proposal
-                    break
-                nearest = proposal
+                    if not exhaustive:
+                        break
+                else:
+                    nearest = proposal
         if decision is None:
             reason = "every strategy abstained"
             if failed:
