@@ -11,6 +11,7 @@ from turnout.config import validate
 from turnout.errors import ModelNotFound, RequestError
 from turnout.gateway import Gateway
 from turnout.router import ExplicitStrategy, Router
+from turnout.sessions import SessionRoutes
 from turnout.types import Decision, RequestContext
 
 
@@ -42,7 +43,7 @@ class AlwaysDeep:
 
 def test_first_strategy_that_speaks_decides_and_every_strategy_is_timed() -> None:
     cfg = validate(minimal(), {}).routers["auto"]
-    router = Router("auto", cfg, [Abstains(), AlwaysDeep(), Abstains()])
+    router = Router("auto", cfg, [Abstains(), AlwaysDeep(), Abstains()], SessionRoutes())
     d = asyncio.run(router.decide(ctx("auto")))
     assert (d.route, d.strategy, d.router, d.confidence) == ("deep", "always-deep", "auto", 0.0)
     assert list(d.strategy_ms) == ["abstains", "always-deep"]
@@ -50,7 +51,7 @@ def test_first_strategy_that_speaks_decides_and_every_strategy_is_timed() -> Non
 
 def test_when_every_strategy_abstains_the_fallback_route_decides() -> None:
     cfg = validate(minimal(), {}).routers["auto"]
-    d = asyncio.run(Router("auto", cfg, [Abstains()]).decide(ctx("auto")))
+    d = asyncio.run(Router("auto", cfg, [Abstains()], SessionRoutes()).decide(ctx("auto")))
     assert (d.route, d.strategy, d.reason) == ("lite", "fallback", "every strategy abstained")
 
 
