@@ -99,27 +99,35 @@ class SemanticConfig(Closed):
     encoder: str = Field("default", description="name under `encoders`")
     top_k: int = Field(3, ge=1, le=50, description="a route scores the mean of its k best utterance matches")
     dense_weight: float = Field(0.75, ge=0, le=1, description="score = w * dense cosine + (1 - w) * sparse")
-    threshold: float = Field(0.45, description="best route score below this: abstain")
-    margin: float = Field(0.02, ge=0, description="best minus second-best below this: abstain")
+    threshold: float = Field(0.15, description="best route score below this: abstain")
+    margin: float = Field(0.03, ge=0, description="best minus second-best below this: abstain")
 
 
 class ClassifierConfig(Closed):
     artifact: str = Field(description="file written by `turnout train`")
+    encoder: str = Field("default", description="name under `encoders`; the one the artifact was trained with")
     threshold: float = Field(
         0.5,
         ge=0,
         le=1,
-        description="category: top probability below this abstains; cost: P(strong needed) at or above it goes strong",
+        description="category: top probability below this abstains; cost: the cheapest route whose "
+        "P(good enough) is at least this answers, else the strongest",
     )
     margin: float = Field(0.0, ge=0, description="category mode: top minus second probability below this abstains")
 
 
 class LLMJudgeConfig(Closed):
-    model: str = Field(description="name under `models` that judges")
-    timeout_s: float = Field(3.0, gt=0, description="hard limit; slower means abstain")
-    threshold: float = Field(0.5, ge=0, le=1, description="a verdict less confident than this abstains")
-    cache_size: int = Field(10000, ge=0, description="verdicts kept, keyed by a hash of the classified text")
-    max_chars: int = Field(4000, ge=100, description="text longer than this is cut (head and tail kept)")
+    model: str = Field(description="name under `models` that judges: its upstream and model id are used")
+    timeout_s: float = Field(
+        3.0, gt=0, description="hard limit on the whole judge call; slower fails open to the next strategy"
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="a verdict less confident than this does not decide")
+    cache_size: int = Field(
+        10000, ge=0, description="verdicts kept (LRU), keyed by a hash of router and classified text; 0: none"
+    )
+    max_chars: int = Field(
+        4000, ge=100, description="the judge sees at most this much text (head and tail kept), blobs replaced"
+    )
 
 
 class ConversationConfig(Closed):
@@ -333,8 +341,29 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
     return validate(raw, env), f"file {p}"
 
 
+CATEGORY_ROUTES = {
+    "code": ("deep-model", "programming: write, fix or explain code"),
+    "math": ("deep-model", "calculation, algebra, calculus, probability"),
+    "translation": ("lite-model", "translate text between languages"),
+    "writing": ("lite-model", "write or rewrite prose: letters, posts, stories"),
+    "reasoning": ("deep-model", "logic, analysis, decisions with trade-offs"),
+    "chat": ("lite-model", "small talk and everyday questions"),
+}
+ESCALATIONS = ("security_incident", "leaked_credentials", "production_outage", "data_loss")
+
+
 def default_config_tree(env: Mapping[str, str]) -> dict[str, Any]:
-    """The embedded default: routers `auto` over `lite`/`deep`, one OpenAI-compatible upstream."""
+    """The embedded default: one OpenAI-compatible upstream, routers `auto` (lite/deep, with escalation
+    rules and the built-in bilingual banks) and `auto-category` (six task categories)."""
+    other = {"lite-model": "deep-model", "deep-model": "lite-model"}
+    routes: dict[str, Any] = {
+        "lite": {"description": "quick, everyday requests: chat, facts, short rewrites",
+                 "targets": ["lite-model", "deep-model"], "banks": ["lite"]},
+        "deep": {"description": "hard work: reasoning, proofs, system design, difficult code and analysis",
+                 "targets": ["deep-model", "lite-model"], "banks": ["deep"]},
+    }  # fmt: skip
+    for name, (model, desc) in CATEGORY_ROUTES.items():
+        routes[name] = {"description": desc, "targets": [model, other[model]], "banks": [name]}
     return {
         "upstreams": {
             "default": {
@@ -346,17 +375,24 @@ def default_config_tree(env: Mapping[str, str]) -> dict[str, Any]:
             "lite-model": {"upstream": "default", "name": "${TURNOUT_LITE_MODEL:-llama3.2}"},
             "deep-model": {"upstream": "default", "name": "${TURNOUT_DEEP_MODEL:-qwen2.5:14b}"},
         },
-        "routes": {
-            "lite": {"description": "quick, everyday requests", "targets": ["lite-model", "deep-model"]},
-            "deep": {"description": "hard reasoning, code and analysis", "targets": ["deep-model", "lite-model"]},
-        },
+        "routes": routes,
         "routers": {
             "auto": {
                 "description": "chooses between lite and deep",
                 "routes": ["lite", "deep"],
-                "strategies": ["explicit"],
+                "strategies": ["explicit", "rules", "semantic"],
                 "fallback": "lite",
-            }
+                "rules": [{"name": n, "route": "deep", "banks": [n]} for n in ESCALATIONS],
+                # A wide margin: when lite and deep are close, the cheap fallback answers.
+                "semantic": {"threshold": 0.18, "margin": 0.1},
+            },
+            "auto-category": {
+                "description": "chooses a task category: code, math, translation, writing, reasoning or chat",
+                "routes": list(CATEGORY_ROUTES),
+                "strategies": ["explicit", "semantic"],
+                "fallback": "chat",
+                "semantic": {"threshold": 0.1, "margin": 0.01},
+            },
         },
         "auth": {"keys": [k for k in env.get("TURNOUT_API_KEYS", "").split(",") if k]},
     }

@@ -18,9 +18,13 @@ NO_SPACES = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u
 
 
 def phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
-    """One alternation for all phrases: word boundaries for spaced scripts, substrings otherwise."""
+    """One alternation for all phrases: word boundaries for spaced scripts, substrings otherwise.
+    A phrase written `re:PATTERN` is a regular expression (banks use these for word-order variants)."""
     parts = []
     for p in sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True):
+        if p.startswith("re:"):
+            parts.append(f"(?:{p[3:]})")
+            continue
         body = re.escape(p)
         parts.append(body if NO_SPACES.search(p) else rf"(?<!\w){body}(?!\w)")
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None

@@ -57,6 +57,7 @@ class SemanticStrategy:
         """Embed the utterances (from the disk cache when it has them)."""
         encoder = self.encoders.get(self.cfg.encoder)
         self.vectors = await self.cache.embed(encoder, self._texts)
+        await encoder.encode(["warm up"])  # load the model now, not inside the first request's timeout
 
     def scores(self, dense: np.ndarray, text: str) -> tuple[dict[str, float], dict[str, list[int]]]:
         w = self.cfg.dense_weight
