@@ -103,17 +103,12 @@ def report(name: str, results: list[dict[str, Any]]) -> None:
 
 
 def sweep(results: list[dict[str, Any]], fallback: str) -> None:
-    best = max(((replay(results, fallback, t / 100, m / 100), t / 100, m / 100)
-                for t in range(0, 60, 2) for m in range(0, 12, 1)))  # fmt: skip
+    grid = [(t / 100, m / 100) for t in range(0, 60, 2) for m in range(12)]
+    best = max((replay(results, fallback, t, m), t, m) for t, m in grid)
     print(f"  sweep: best accuracy {best[0]:.3f} at threshold {best[1]:.2f}, margin {best[2]:.2f}")
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    ap.add_argument("--sweep", action="store_true")
-    a = ap.parse_args()
-    data = Path(a.data)
+async def main(data: Path, do_sweep: bool) -> None:
     settings, _ = load_config(None, {})
     gw = Gateway(settings, {n: build_upstream(n, c) for n, c in settings.upstreams.items()})
     await gw.start()
@@ -121,10 +116,14 @@ async def main() -> None:
                                ("category (auto-category)", "auto-category", category(data))):  # fmt: skip
         results = await decide_all(gw, router, rows)
         report(name, results)
-        if a.sweep:
+        if do_sweep:
             sweep(results, gw.routers[router].fallback)
     await gw.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    ap.add_argument("--sweep", action="store_true")
+    a = ap.parse_args()
+    asyncio.run(main(Path(a.data), a.sweep))
