@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import httpx
 import pytest
 
+from tests.conftest import GatewayFactory, UpstreamThread
 from tests.test_config import minimal
 from turnout.config import validate
 from turnout.errors import ModelNotFound, RequestError
@@ -97,3 +100,36 @@ def test_every_strategy_the_config_accepts_has_an_implementation() -> None:
     from turnout.router import STRATEGY_KINDS
 
     assert set(STRATEGY_NAMES) == set(STRATEGY_KINDS)
+
+
+def test_mid_tool_loop_a_conversation_keeps_its_route(make_gateway: GatewayFactory, upstream: UpstreamThread) -> None:
+    rules = [{"name": "proof", "route": "deep", "keywords": ["prove"]}]
+    gw = make_gateway(routers={"auto": {"routes": ["lite", "deep"], "strategies": ["explicit", "rules"],
+                                        "fallback": "lite", "rules": rules}})  # fmt: skip
+    chat = gw.url + "/v1/chat/completions"
+    first = [{"role": "user", "content": "prove that the algorithm terminates"}]
+    r = httpx.post(chat, json={"model": "auto", "messages": first}, headers={"x-turnout-session": "s1"})
+    assert (r.headers["x-turnout-route"], r.headers["x-turnout-strategy"]) == ("deep", "rules")
+    loop = [{"role": "user", "content": "ok thanks"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                   "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"}]  # fmt: skip
+    r = httpx.post(chat, json={"model": "auto", "messages": loop}, headers={"x-turnout-session": "s1"})
+    assert (r.headers["x-turnout-route"], r.headers["x-turnout-strategy"]) == ("deep", "sticky")
+    # the same conversation key from the body, and another conversation that is not in a tool loop
+    r = httpx.post(chat, json={"model": "auto", "messages": loop, "metadata": {"session_id": "s1"}})
+    assert r.headers["x-turnout-strategy"] == "sticky"
+    r = httpx.post(chat, json={"model": "auto", "messages": loop, "user": "someone-else"})
+    assert (r.headers["x-turnout-route"], r.headers["x-turnout-strategy"]) == ("lite", "fallback")
+    assert upstream.requests[2]["body"]["metadata"] == {"session_id": "s1"}  # not ours to strip
+
+
+def test_session_routes_expire_and_stay_bounded() -> None:
+    s = SessionRoutes(ttl_s=0.05, max_sessions=2)
+    s.put("auto", "a", "deep")
+    s.put("auto", "b", "lite")
+    s.put("auto", "c", "lite")
+    assert s.get("auto", "a") is None and len(s) == 2
+    assert s.get("auto", "c") == "lite"
+    time.sleep(0.06)
+    assert s.get("auto", "c") is None

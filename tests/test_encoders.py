@@ -1,0 +1,88 @@
+"""Encoders and the utterance embedding cache."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from turnout.config import EncoderConfig
+from turnout.encoders import EmbeddingCache, EncoderSet, encode_one
+from turnout.errors import ConfigError
+
+
+class CountingEncoder:
+    """A real Encoder implementation (not a patch) that counts what it is asked to embed."""
+
+    id = "counting"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        self.seen += texts
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_cache_embeds_only_what_it_has_not_seen(tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    cache = EmbeddingCache(tmp_path)
+    first = asyncio.run(cache.embed(enc, ["a", "bb"]))
+    again = asyncio.run(EmbeddingCache(tmp_path).embed(enc, ["bb", "a", "ccc"]))
+    assert sorted(enc.seen) == ["a", "bb", "ccc"]
+    assert first.tolist() == [[1, 1], [2, 1]] and again.tolist() == [[2, 1], [1, 1], [3, 1]]
+
+
+def test_an_unreadable_cache_is_ignored(tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    cache = EmbeddingCache(tmp_path)
+    asyncio.run(cache.embed(enc, ["a"]))
+    for f in (tmp_path / "embeddings").iterdir():
+        f.write_bytes(b"not a zip")
+    assert asyncio.run(cache.embed(enc, ["a"])).tolist() == [[1, 1]]
+    assert enc.seen == ["a", "a"]
+
+
+def test_a_read_only_cache_directory_only_costs_time(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the directory should be: writes fail
+    enc = CountingEncoder()
+    assert asyncio.run(EmbeddingCache(blocker).embed(enc, ["a"])).tolist() == [[1, 1]]
+
+
+def test_bundled_use_encoder_is_multilingual_and_unit_length() -> None:
+    encoders = EncoderSet({"default": EncoderConfig()}, {})
+
+    async def run() -> np.ndarray:
+        enc = encoders.get("default")
+        try:
+            return np.stack([await encode_one(enc, t, 30) for t in ("good morning", "早上好", "tax law")])
+        finally:
+            await encoders.close()
+
+    v = asyncio.run(run())
+    assert v.shape == (3, 512)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])  # the Chinese greeting is closer than tax law
+
+
+def test_unknown_encoder_names_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="encoder `nope` is not defined"):
+        EncoderSet({}, {}).get("nope")
+
+
+def test_sentence_transformers_without_the_package_says_how_to_install(tmp_path: Path) -> None:
+    encoders = EncoderSet({"st": EncoderConfig(kind="sentence-transformers", path=str(tmp_path))}, {})
+    enc = encoders.get("st")
+    assert enc.id == f"sentence-transformers:{tmp_path}"
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install sentence-transformers"):
+            asyncio.run(enc.encode(["x"]))
+    asyncio.run(encoders.close())
