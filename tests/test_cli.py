@@ -87,9 +87,14 @@ def test_serve_on_the_embedded_default_answers_through_auto_lite_and_deep(
             assert client.chat.completions.create(model=model, messages=HI).choices[0].message.content
             stream = client.chat.completions.create(model=model, messages=HI, stream=True)
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "tok0 tok1 tok2 tok3 "
-        assert [m.id for m in client.models.list()] == ["auto", "lite", "deep"]
+        assert [m.id for m in client.models.list()] == ["auto", "auto-category", "lite", "deep", "code", "math",
+                                                        "translation", "writing", "reasoning", "chat"]  # fmt: skip
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "我们的生产环境挂了！"}]
+        )
+        assert (raw.headers["x-turnout-route"], raw.headers["x-turnout-strategy"]) == ("deep", "rules")
     assert [r["body"]["model"] for r in upstream.requests] == ["small-one", "small-one", "small-one", "small-one",
-                                                               "big-one", "big-one"]  # fmt: skip
+                                                               "big-one", "big-one", "big-one"]  # fmt: skip
     ready = httpx.get(s.url + "/ready").json()
     assert ready["config"] == "embedded default (no config file)" and ready["ready"] is True
 

@@ -97,7 +97,9 @@ def test_embedded_default_reads_its_environment() -> None:
     assert source == "embedded default (no config file)"
     assert s.upstreams["default"].base_url == "http://10.0.0.5:8000/v1"
     assert (s.models["lite-model"].name, s.models["deep-model"].name) == ("small", "large")
-    assert list(s.routers) == ["auto"] and list(s.routes) == ["lite", "deep"]
+    assert list(s.routers) == ["auto", "auto-category"]
+    assert list(s.routes) == ["lite", "deep", "code", "math", "translation", "writing", "reasoning", "chat"]
+    assert s.routers["auto"].strategies == ["explicit", "rules", "semantic"]
     assert s.auth.keys == ["a", "b"]
     plain, _ = load_config(None, {})
     assert plain.upstreams["default"].base_url == "http://127.0.0.1:11434/v1" and plain.auth.keys == []

@@ -9,7 +9,7 @@ import pytest
 
 from turnout.config import RuleConfig
 from turnout.features import Features
-from turnout.strategies.rules import RulesStrategy, phrase_pattern
+from turnout.strategies.rules import PhraseMatcher, RulesStrategy
 from turnout.types import RequestContext
 
 ESCALATE = [RuleConfig(name=n, route="deep", banks=[n])
@@ -55,8 +55,10 @@ def test_ordinary_engineering_words_do_not_escalate(text: str) -> None:
 
 
 def test_latin_phrases_match_whole_words_only() -> None:
-    p = phrase_pattern(["prod is down"])
-    assert p is not None and p.search("PROD IS DOWN again") and not p.search("product is downloaded")
+    p = PhraseMatcher(["prod is down", "sev-1", "ddos"])
+    assert p.search("PROD IS DOWN again") and not p.search("product is downloaded")
+    assert p.search("this is a SEV-1!") and not p.search("sev 12") and p.search("a DDoS, again")
+    assert PhraseMatcher(["删库"]).search("昨天删库跑路了") and not PhraseMatcher([]).search("anything")
 
 
 def test_regexes_and_conditions() -> None:

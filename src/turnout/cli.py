@@ -98,7 +98,17 @@ def cmd_route(a: argparse.Namespace) -> int:
     model = a.router or next(iter(settings.routers), next(iter(settings.routes)))
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": a.text}]}
     ctx = RequestContext(uuid.uuid4().hex, body, model, False, a.route, "`--route`" if a.route else None)
-    out = asyncio.run(gateway.explain(ctx))
+
+    async def explain() -> dict[str, Any]:
+        try:
+            await gateway.start()
+            return await gateway.explain(ctx)
+        finally:  # an `llm` strategy may have called its judge: close what it opened
+            await gateway.close()
+            for up in upstreams.values():
+                await up.close()
+
+    out = asyncio.run(explain())
     if a.json:
         _print_json(out)
         return 0
@@ -146,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default 3)")
     p.set_defaults(func=cmd_check)
 
-    p = add("route", "print the routing decision for TEXT without calling any model")
+    p = add("route", "print the routing decision for TEXT (no completion is requested; an `llm` judge is asked)")
     p.add_argument("text")
     p.add_argument("--router", help="router (or route) to ask, as a client's `model` (default: the first router)")
     p.add_argument("--route", help="an explicit route hint, as `x-turnout-route` would give")

@@ -74,6 +74,13 @@ class EncoderConfig(Closed):
         "use", description="`use`: the bundled multilingual USE; a local sentence-transformers dir; a remote API"
     )
     threads: int = Field(1, ge=1, le=64, description="BLAS threads for `use`; at most the cores you may use")
+    max_tokens: int = Field(
+        48,
+        ge=8,
+        le=4096,
+        description="longer texts are cut to about this many tokens (head and tail) before a "
+        "local encoder sees them: encoding time grows with length",
+    )
     path: str | None = Field(None, description="model directory, for `sentence-transformers`")
     upstream: str | None = Field(None, description="upstream serving `/v1/embeddings`, for `openai`")
     model: str | None = Field(None, description="embedding model id, for `openai`")

@@ -32,7 +32,11 @@ def _type_name(t: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is list:
-        return f"list of {_type_name(args[0])}"
+        inner = _model_of(args[0])[0]
+        return "list of sections" if inner is not None else f"list of {_type_name(args[0])}"
+    if origin is list:
+        inner, _ = _model_of(typing.get_args(t)[0])
+        return inner, "[]"
     if origin is dict:
         return f"map of {_type_name(args[1])}"
     if isinstance(t, type) and issubclass(t, BaseModel):
@@ -43,6 +47,14 @@ def _type_name(t: Any) -> str:
 def _model_of(t: Any) -> tuple[type[BaseModel] | None, str]:
     """The section model inside a field type, and the path suffix (`.<name>` for maps)."""
     origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):  # an optional section: document its model
+        for arg in typing.get_args(t):
+            found = _model_of(arg)
+            if found[0] is not None:
+                return found
+    if origin is list:
+        inner, _ = _model_of(typing.get_args(t)[0])
+        return inner, "[]"
     if origin is dict:
         inner, _ = _model_of(typing.get_args(t)[1])
         return inner, ".<name>"

@@ -64,8 +64,9 @@ def head_tail(text: str, limit: int) -> tuple[str, bool]:
     """Keep the first and last parts of a long text (where the ask usually is); True when cut."""
     if len(text) <= limit:
         return text, False
-    head = limit * 2 // 3
-    return text[:head] + "\n…\n" + text[len(text) - (limit - head) :], True
+    keep = max(2, limit - 3)  # the marker counts too
+    head = keep * 2 // 3
+    return text[:head] + "\n…\n" + text[len(text) - (keep - head) :], True
 
 
 def content_text(content: Any) -> str:

@@ -180,8 +180,7 @@ class Router:
         decision.router = self.name
         decision.strategy_ms = timings
         decision.trace = trace
-        if ctx.features is not None:
-            decision.signals = ctx.features.signals()
+        # `signals` are filled in off the hot path, by explain (and by records later).
         if ctx.session and self.reads_text:
             self.sessions.put(self.name, ctx.session, decision.route)
         decision.elapsed_ms = (time.perf_counter() - start) * 1000

@@ -25,11 +25,11 @@ log = logging.getLogger("turnout")
 
 
 def _use(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:
-    return USEEncoder(threads=cfg.threads)
+    return USEEncoder(threads=cfg.threads, max_tokens=cfg.max_tokens)
 
 
 def _st(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:
-    return SentenceTransformerEncoder(cfg.path or "", threads=cfg.threads)
+    return SentenceTransformerEncoder(cfg.path or "", threads=cfg.threads, max_tokens=cfg.max_tokens)
 
 
 def _remote(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:

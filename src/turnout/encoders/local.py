@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from turnout.errors import ConfigError
+from turnout.features import estimate_tokens, head_tail
 
 
 def _normalise(vectors: Any) -> np.ndarray:
@@ -21,10 +22,19 @@ def _normalise(vectors: Any) -> np.ndarray:
     return out
 
 
+def cap_tokens(text: str, max_tokens: int) -> str:
+    """Cut a text to about `max_tokens` (head and tail kept): local encoders cost time per token."""
+    tokens = estimate_tokens(text)
+    if tokens <= max_tokens:
+        return text
+    return head_tail(text, max(16, len(text) * max_tokens // tokens))[0]
+
+
 class _ThreadedEncoder:
     """Runs the model on one thread of its own: CPU work never blocks the event loop."""
 
     id = "abstract"
+    max_tokens = 48
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-encoder")
@@ -41,7 +51,7 @@ class _ThreadedEncoder:
         with self._lock:
             if self._model is None:
                 self._model = self._load()
-        return _normalise(self._run(texts))
+        return _normalise(self._run([cap_tokens(t, self.max_tokens) for t in texts]))
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, texts)
@@ -63,9 +73,10 @@ class USEEncoder(_ThreadedEncoder):
 
     id = "use-multilingual-v3"
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, max_tokens: int = 48) -> None:
         super().__init__()
         self.threads = threads
+        self.max_tokens = max_tokens
 
     def _load(self) -> Any:
         with _USE_LOCK:
@@ -85,10 +96,11 @@ class USEEncoder(_ThreadedEncoder):
 class SentenceTransformerEncoder(_ThreadedEncoder):
     """Any sentence-transformers model in a local directory (needs `pip install sentence-transformers`)."""
 
-    def __init__(self, path: str, threads: int = 1) -> None:
+    def __init__(self, path: str, threads: int = 1, max_tokens: int = 256) -> None:
         super().__init__()
         self.path = path
         self.threads = threads
+        self.max_tokens = max_tokens
         self.id = f"sentence-transformers:{path}"
 
     def _load(self) -> Any:
