@@ -34,9 +34,6 @@ def _type_name(t: Any) -> str:
     if origin is list:
         inner = _model_of(args[0])[0]
         return "list of sections" if inner is not None else f"list of {_type_name(args[0])}"
-    if origin is list:
-        inner, _ = _model_of(typing.get_args(t)[0])
-        return inner, "[]"
     if origin is dict:
         return f"map of {_type_name(args[1])}"
     if isinstance(t, type) and issubclass(t, BaseModel):
