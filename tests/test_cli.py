@@ -237,3 +237,11 @@ def test_route_prints_the_decision_without_calling_a_model(tmp_path: Path, upstr
     r = run("route", "hello", "--config", cfg, "--router", "nope")
     assert r.returncode == 1 and "model `nope` is not a router or a route" in r.stderr
     assert upstream.requests == []
+
+
+def test_banks_lists_and_shows_the_built_in_banks() -> None:
+    r = run("banks")
+    assert r.returncode == 0 and "security_incident" in r.stdout and "translation" in r.stdout
+    r = run("banks", "--show", "data_loss")
+    assert r.returncode == 0 and "误删" in r.stdout
+    assert run("banks", "--show", "nope").returncode == 1

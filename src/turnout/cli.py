@@ -130,6 +130,29 @@ EXTRA_COMMANDS = [
 ]
 
 
+# --- banks -------------------------------------------------------------------------------
+
+
+def cmd_banks(a: argparse.Namespace) -> int:
+    from turnout.banks import keyword_banks, utterance_banks
+
+    kinds = {"utterances": utterance_banks(), "keywords": keyword_banks()}
+    if a.show:
+        for kind, banks in kinds.items():
+            if a.show in banks:
+                print(f"# {kind} bank `{a.show}`")
+                print("\n".join(banks[a.show]))
+                return 0
+        print(f"turnout: no built-in bank `{a.show}`", file=sys.stderr)
+        return 1
+    for kind, banks in kinds.items():
+        use = "routes.<name>.banks" if kind == "utterances" else "routers.<name>.rules[].banks"
+        print(f"{kind} banks (for `{use}`):")
+        for name, entries in banks.items():
+            print(f"  {name:<20} {len(entries)} entries")
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -162,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route", help="an explicit route hint, as `x-turnout-route` would give")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("banks", help="list the built-in utterance and keyword banks", description="list the "
+                       "built-in utterance and keyword banks (English and Chinese)")  # fmt: skip
+    p.add_argument("--show", metavar="NAME", help="print one bank's entries")
+    p.set_defaults(func=cmd_banks)
 
     # Commands whose code lives in their own modules; each module has add_arguments(parser) and run(args).
     for name, module, help_ in EXTRA_COMMANDS:
