@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `turnout ... | head`
+        sys.stderr.close()
+        return 0
     return code
 
 

@@ -17,6 +17,14 @@ an `x-fake-<knob>` header:
     fail_times    apply `fault` only to the first N requests with this model name, then answer
     retry_after   the Retry-After value of a 429 (default 1)
     slow_ms       default 5000
+    judge         act as an LLM judge (non-streaming requests only)          fake?judge=1
+                  1: answer a chat.completion whose content is a JSON verdict read from the last
+                     user message: `route:<name>` there gives that route (as written) with
+                     confidence 0.9, else the first route listed in the system prompt (lines
+                     `- <route>: ...`) with 0.3; `confidence:<x>` there overrides the confidence
+                  fenced: the same verdict inside a ```json code fence
+                  unknown: a verdict for the route `no-such-route`
+                  garbage: prose, not JSON
 
 Every request is recorded (path, headers, JSON body); `GET /_fake/requests` returns them and
 `DELETE /_fake/requests` clears them. Streams the client abandoned are listed under `abandoned`.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
 import struct
 import time
@@ -35,9 +44,9 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-KNOBS = ("chunks", "delay_ms", "tools", "fault", "fail_times", "retry_after", "slow_ms")
+KNOBS = ("chunks", "delay_ms", "tools", "fault", "fail_times", "retry_after", "slow_ms", "judge")
 DEFAULTS = {"chunks": "4", "delay_ms": "0", "tools": "0", "fault": "", "fail_times": "0", "retry_after": "1",
-            "slow_ms": "5000"}  # fmt: skip
+            "slow_ms": "5000", "judge": ""}  # fmt: skip
 
 
 def knobs(model: str, headers: Any) -> dict[str, str]:
@@ -61,6 +70,31 @@ def _completion(model: str, tools: bool) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tools else "stop"}],
         "usage": {"prompt_tokens": 8, "completion_tokens": 7, "total_tokens": 15},
     }  # fmt: skip
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def judge_verdict(body: dict[str, Any], mode: str) -> str:
+    """The content a judge answers: a JSON verdict derived from the request, or the `mode`'s bad answer."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    system = next((_text(m.get("content")) for m in messages if m.get("role") == "system"), "")
+    listed = re.findall(r"^- ([^:\s]+)", system, re.MULTILINE)
+    named = re.search(r"route:(\S+)", user)
+    route, confidence = (named.group(1), 0.9) if named else (listed[0] if listed else "none", 0.3)
+    given = re.search(r"confidence:(-?[0-9]+(?:\.[0-9]+)?)", user)
+    if given:
+        confidence = float(given.group(1))
+    if mode == "garbage":
+        return "I would pick the deep route, it seems hard."
+    if mode == "unknown":
+        route = "no-such-route"
+    verdict = json.dumps({"route": route, "confidence": confidence, "reason": f"fake judge chose {route}"})
+    return f"```json\n{verdict}\n```" if mode == "fenced" else verdict
 
 
 def sse_events(model: str, chunks: int, tools: bool, usage: bool) -> list[bytes]:
@@ -158,7 +192,10 @@ class FakeUpstream:
             return _error(401, "Incorrect API key provided: sk-live-abcdef123456", "invalid_request_error", "bad_key")
         tools = k["tools"] not in ("", "0")
         if not body.get("stream"):
-            data = json.dumps(_completion(model, tools)).encode()
+            completion = _completion(model, tools)
+            if k["judge"] not in ("", "0"):
+                completion["choices"][0]["message"]["content"] = judge_verdict(body, k["judge"])
+            data = json.dumps(completion).encode()
             if fault == "drop_mid":
                 return await self._drop_mid_json(request, data)
             return web.Response(body=data, content_type="application/json")
