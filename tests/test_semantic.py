@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import GatewayFactory, free_port
+from tests.conftest import GatewayFactory, UpstreamThread, free_port
 from turnout.config import validate
 from turnout.gateway import Gateway
 from turnout.types import Decision, RequestContext
@@ -150,3 +150,20 @@ def test_gateway_routes_by_meaning_and_reports_it(make_gateway: GatewayFactory, 
     explain = httpx.post(gw.url + "/v1/route", json={"model": "auto", "text": "hi there"}).json()["decision"]
     assert explain["route"] == "lite" and explain["signals"]["lang"] == "en"
     assert set(explain["strategy_ms"]) == {"explicit", "rules", "semantic"}
+
+
+def test_a_remote_embeddings_endpoint_can_be_the_encoder(
+    make_gateway: GatewayFactory, upstream: UpstreamThread
+) -> None:
+    gw = make_gateway(
+        encoders={"remote": {"kind": "openai", "upstream": "fake", "model": "embed-small", "timeout_s": 2}},
+        routes={"lite": {"targets": ["lite-model"], "utterances": ["tell me a joke", "good morning friend"]},
+                "deep": {"targets": ["deep-model"], "utterances": ["prove the theorem", "design the system"]}},
+        routers={"auto": {"routes": ["lite", "deep"], "strategies": ["semantic"], "fallback": "lite",
+                          "semantic": {"encoder": "remote", "dense_weight": 1.0, "threshold": 0.3}}},
+    )  # fmt: skip
+    r = httpx.post(gw.url + "/v1/route", json={"model": "auto", "text": "please prove the theorem"})
+    d = r.json()["decision"]
+    assert (d["route"], d["strategy"]) == ("deep", "semantic")
+    embed_calls = [q for q in upstream.requests if q["path"] == "/v1/embeddings"]
+    assert embed_calls[-1]["body"] == {"model": "embed-small", "input": ["please prove the theorem"]}

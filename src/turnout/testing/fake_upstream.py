@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import socket
@@ -145,6 +146,7 @@ class FakeUpstream:
         self._seen: dict[str, int] = {}
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_get("/_fake/requests", self.list_requests)
         self.app.router.add_delete("/_fake/requests", self.clear_requests)
@@ -160,6 +162,23 @@ class FakeUpstream:
         self.abandoned.clear()
         self._seen.clear()
         return web.json_response({"ok": True})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Bag-of-words vectors (64 hashed dimensions): texts sharing words are close. `fault` applies."""
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        fault = knobs(str(body.get("model", "")), request.headers)["fault"]
+        if fault in ("500", "429"):
+            return _error(int(fault), "fake embeddings failure", "server_error", fault)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        data = []
+        for i, text in enumerate(texts):
+            vec = [0.0] * 64
+            for word in str(text).lower().split():
+                vec[int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        return web.json_response({"object": "list", "data": data, "model": body.get("model")})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
