@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -20,6 +21,9 @@ from turnout.errors import AuthError, BodyTooLarge, MethodNotAllowed, PathNotFou
 from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
+from turnout.telemetry import Telemetry, build_sinks
+from turnout.telemetry.meter import usage_of
+from turnout.telemetry.record import build_record, error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
 
@@ -149,8 +153,9 @@ async def send_error(send: Send, exc: TurnoutError, headers: list[tuple[bytes, b
     await send_bytes(send, exc.status, exc.body(), headers)
 
 
-async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> None:
-    """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once."""
+async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once.
+    Returns True when the stream was cut short (the client left, or the shutdown grace ran out)."""
     await send(
         {
             "type": "http.response.start",
@@ -179,19 +184,21 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
     except asyncio.CancelledError:
         reply.close()
         if state["gone"]:
-            return
+            return True
         # The server is stopping and the grace period is over: end the stream cleanly, not with a reset.
         event = stream_error_event("the gateway is shutting down; the stream was cut short", "gateway_shutdown",
                                    "server_error")  # fmt: skip
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
     except BaseException:
         reply.close()
         raise
     finally:
         state["done"] = True
         watcher.cancel()
+    return False
 
 
 # --- the app -------------------------------------------------------------------------------
@@ -206,6 +213,7 @@ class App:
         self.upstreams = upstreams or {name: build_upstream(name, cfg) for name, cfg in settings.upstreams.items()}
         self.gateway = Gateway(settings, self.upstreams)
         self.readiness = Readiness(settings, source, self.gateway)
+        self.telemetry = Telemetry(build_sinks(settings))
         self._keys = [k.encode() for k in settings.auth.keys]
         self._limit = settings.server.max_body_bytes
         self._routes: dict[str, dict[str, Handler]] = {}
@@ -222,7 +230,41 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = uuid.uuid4().hex
         scope["turnout.request_id"] = request_id
+        scope["turnout.t0"] = time.perf_counter()
         methods = self._routes.get(scope["path"].rstrip("/") or "/")
+        try:
+            await self._dispatch(scope, receive, send, methods, request_id)
+        finally:
+            endpoint = scope.get("turnout.endpoint")
+            if endpoint is not None:
+                self._record(scope, endpoint, request_id)
+
+    def _record(self, scope: Scope, endpoint: str, request_id: str) -> None:
+        t0 = scope["turnout.t0"]
+        meter = scope.get("turnout.meter")
+        usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, 0
+        error = scope.get("turnout.error")
+        if meter is not None:
+            usage, ttft, deltas = (meter.prompt_tokens, meter.completion_tokens), meter.ttft_ms, meter.deltas
+            error = error or meter.error
+        record = build_record(
+            request_id=request_id,
+            started_at=scope.get("turnout.wall", time.time()),
+            endpoint=endpoint,
+            status=scope.get("turnout.status", 500),
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            ctx=scope.get("turnout.ctx"),
+            models=self.settings.models,
+            error=error,
+            usage=usage,
+            ttft_ms=ttft,
+            deltas=deltas,
+        )
+        self.telemetry.emit(record)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, methods: dict[str, Handler] | None, request_id: str
+    ) -> None:
         try:
             if methods is None:
                 raise PathNotFound(f"no such endpoint: {scope['method']} {scope['path']}")
@@ -232,8 +274,10 @@ class App:
                 raise MethodNotAllowed(f"{scope['path']} accepts {allowed}, not {scope['method']}")
             await handler(self, scope, receive, send)
         except TurnoutError as exc:
+            scope["turnout.status"], scope["turnout.error"] = exc.status, error_kind(exc)
             await send_error(send, exc, decision_headers(scope.get("turnout.ctx"), request_id))
         except ClientGone:
+            scope["turnout.status"], scope["turnout.error"] = 499, "cancelled"
             return
         except asyncio.CancelledError:
             # The grace period after SIGTERM ran out before this request was answered (streams that
@@ -242,10 +286,12 @@ class App:
                 raise
             gone = TurnoutError("the gateway is shutting down; retry the request", code="gateway_shutdown")
             gone.status, gone.type = 503, "server_error"
+            scope["turnout.status"], scope["turnout.error"] = 503, "cancelled"
             await send_error(send, gone, decision_headers(scope.get("turnout.ctx"), request_id))
         except Exception:  # never a stack trace to the client; the log gets the type only
             log.exception("internal error handling request %s", request_id)
             internal = TurnoutError("internal error in the gateway; see its log for request " + request_id)
+            scope["turnout.status"], scope["turnout.error"] = 500, "internal"
             await send_error(send, internal, decision_headers(scope.get("turnout.ctx"), request_id))
 
     def authenticate(self, scope: Scope) -> None:
@@ -273,11 +319,13 @@ class App:
                     log.error("turnout cannot start: %s", getattr(exc, "message", None) or repr(exc))
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                await self.telemetry.start()
                 self.readiness.start()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.readiness.stop()
                 await self.gateway.close()
+                await self.telemetry.close()
                 for upstream in self.upstreams.values():
                     await upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -295,22 +343,30 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    scope["turnout.endpoint"] = "chat"
+    scope["turnout.wall"] = time.time()
     app.authenticate(scope)
     body = parse_json_object(await read_body(receive, app._limit))
     request_id = scope["turnout.request_id"]
     ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id, _header(scope, b"x-turnout-session"))
+    ctx.started = scope["turnout.t0"]
     scope["turnout.ctx"] = ctx
     outcome = await app.gateway.handle(ctx)
     headers = decision_headers(ctx, request_id)
     reply = outcome.reply
     if isinstance(reply, JsonReply):
+        scope["turnout.status"], scope["turnout.usage"] = reply.status, usage_of(reply.body)
         await send_bytes(send, reply.status, reply.body, headers, reply.content_type.encode())
     else:
         scope["turnout.started"] = True
-        await relay_stream(send, receive, reply, headers)
+        scope["turnout.status"], scope["turnout.meter"] = 200, reply.meter
+        if await relay_stream(send, receive, reply, headers):
+            scope["turnout.error"] = "cancelled"
 
 
 async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    scope["turnout.endpoint"] = "route"
+    scope["turnout.wall"] = time.time()
     app.authenticate(scope)
     body = parse_json_object(await read_body(receive, app._limit))
     if "messages" not in body and isinstance(body.get("text"), str):
@@ -320,6 +376,7 @@ async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -
     ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id, _header(scope, b"x-turnout-session"))
     scope["turnout.ctx"] = ctx
     out = await app.gateway.explain(ctx)
+    scope["turnout.status"] = 200
     await send_bytes(send, 200, orjson.dumps(out), decision_headers(ctx, request_id))
 
 

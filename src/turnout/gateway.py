@@ -82,7 +82,7 @@ class Gateway:
     async def handle(self, ctx: RequestContext) -> Outcome:
         ctx.decision = decision = await self.decide(ctx)
         targets = self.targets(ctx, decision)
-        outcome = await self.proxy.forward(decision.route, targets, ctx.body, ctx.stream, ctx.attempts)
+        outcome = await self.proxy.forward(decision.route, targets, ctx.body, ctx.stream, ctx.attempts, ctx.started)
         ctx.target = outcome.target
         return outcome
 

@@ -29,6 +29,7 @@ from turnout.errors import (
     error_body,
 )
 from turnout.health import HealthBoard
+from turnout.telemetry.meter import StreamMeter
 from turnout.types import Attempt, Target, Upstream, UpstreamResponse
 
 _RETRYABLE_4XX = frozenset({401, 403, 408, 429})
@@ -47,6 +48,7 @@ class StreamReply:
     content_type: str
     chunks: AsyncIterator[bytes]  # the first chunk is already buffered inside
     close: Any  # callable: closes the upstream response at once
+    meter: StreamMeter
 
 
 @dataclass(slots=True)
@@ -90,12 +92,18 @@ def stream_error_event(message: str, code: str, type_: str = "upstream_error") -
     return b"data: " + error_body(message, type_, None, code) + b"\n\n"
 
 
-async def _relay(first: bytes, rest: AsyncIterator[bytes], upstream: str) -> AsyncIterator[bytes]:
+async def _relay(first: bytes, rest: AsyncIterator[bytes], upstream: str, meter: StreamMeter) -> AsyncIterator[bytes]:
+    see = meter.see
+    see(first)
     yield first
     try:
         async for chunk in rest:
+            see(chunk)
             yield chunk
     except UpstreamError as exc:
+        meter.error = (
+            "timeout" if exc.kind == "timeout" else "connect" if exc.kind in ("connect", "dropped") else "upstream_5xx"
+        )
         yield stream_error_event(f"upstream `{upstream}` failed mid-stream ({exc.kind})", "stream_interrupted")
 
 
@@ -113,7 +121,13 @@ class Proxy:
         return (key,) if key else ()
 
     async def forward(
-        self, route: str, targets: list[Target], body: dict[str, Any], stream: bool, attempts: list[Attempt]
+        self,
+        route: str,
+        targets: list[Target],
+        body: dict[str, Any],
+        stream: bool,
+        attempts: list[Attempt],
+        started: float = 0.0,
     ) -> Outcome:
         """Answer from the first target that can; raise AllTargetsFailed with every attempt otherwise."""
         failures: list[tuple[str, UpstreamError]] = []
@@ -125,7 +139,7 @@ class Proxy:
             for n in range(tries):
                 start = time.perf_counter()
                 try:
-                    reply = await self._attempt(upstream, target, payload, stream)
+                    reply = await self._attempt(upstream, target, payload, stream, started)
                 except UpstreamError as exc:
                     attempts.append(Attempt(target.key, exc.kind, getattr(exc, "upstream_status", None), _ms(start)))
                     failures.append((target.key, exc))
@@ -154,7 +168,7 @@ class Proxy:
         return self.config.backoff_s * (1 << n)
 
     async def _attempt(
-        self, upstream: Upstream, target: Target, payload: bytes, stream: bool
+        self, upstream: Upstream, target: Target, payload: bytes, stream: bool, started: float
     ) -> JsonReply | StreamReply:
         resp = await upstream.send(target.name, payload, stream)
         if resp.status >= 400:
@@ -169,7 +183,8 @@ class Proxy:
         except BaseException:
             resp.close()
             raise
-        return StreamReply(resp.content_type, _relay(first, chunks, upstream.name), resp.close)
+        meter = StreamMeter(started)
+        return StreamReply(resp.content_type, _relay(first, chunks, upstream.name, meter), resp.close, meter)
 
     async def _raise_for_status(self, resp: UpstreamResponse, upstream: str) -> None:
         status = resp.status

@@ -24,6 +24,7 @@ class RequestContext:
     route_hint: str | None = None  # from `metadata.route` or the `x-turnout-route` header
     route_hint_source: str | None = None
     session: str | None = None  # conversation key: `x-turnout-session`, `metadata.session_id` or `user`
+    started: float = 0.0  # perf_counter() when the request arrived
     features: Features | None = None  # built by the router on first use
     # Filled in as the request moves through the gateway; read for response headers and records.
     decision: Decision | None = None
@@ -84,6 +85,53 @@ class Attempt:
     error: str | None
     status: int | None
     elapsed_ms: float
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """The metadata of one finished request, streams included (written when the stream closes).
+
+    Never text: no prompt, completion, key or token. Sinks (metrics, audit log, usage) read it; it never
+    feeds back into routing.
+    """
+
+    request_id: str
+    started_at: float  # unix seconds
+    endpoint: str  # chat | route
+    status: int
+    error: str | None = None  # bounded: timeout, upstream_4xx, upstream_5xx, connect, rate_limited, ...
+    router: str | None = None
+    route: str | None = None
+    model: str | None = None  # the config's model key that answered (or was last tried)
+    upstream: str | None = None
+    strategy: str | None = None
+    reason: str | None = None
+    confidence: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    margin: float | None = None
+    provenance: list[str] = field(default_factory=list)
+    decision_ms: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    stream: bool = False
+    latency_ms: float = 0.0  # until the last byte went to the client
+    ttft_ms: float | None = None  # first content chunk of a stream
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_estimated: bool = False
+    cost_usd: float | None = None
+    cache: str = "off"
+    guards: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Sink(Protocol):
+    """Receives every finished request's record. `emit` never blocks and never raises."""
+
+    def emit(self, record: RequestRecord) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Strategy(Protocol):

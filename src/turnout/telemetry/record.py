@@ -1,0 +1,94 @@
+"""Building the RequestRecord of a finished request from what the request path left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from turnout.config import ModelConfig
+from turnout.errors import (
+    AllTargetsFailed,
+    AuthError,
+    RequestError,
+    TurnoutError,
+    UpstreamClientError,
+)
+from turnout.features import estimate_tokens
+from turnout.types import RequestContext, RequestRecord
+
+ATTEMPT_ERRORS = {"timeout": "timeout", "connect": "connect", "dropped": "connect", "rate_limited": "rate_limited"}
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, bounded reason for metrics and the audit log."""
+    if isinstance(exc, AllTargetsFailed):
+        last = exc.attempts[-1][1].kind if exc.attempts else "connect"
+        return ATTEMPT_ERRORS.get(last, "upstream_5xx" if last.startswith("http_5") else "upstream_4xx")
+    if isinstance(exc, UpstreamClientError):
+        return "upstream_4xx"
+    if isinstance(exc, AuthError):
+        return "auth"
+    if isinstance(exc, RequestError):
+        return "parse_error"
+    if isinstance(exc, TurnoutError) and exc.code == "gateway_shutdown":
+        return "cancelled"
+    return "internal"
+
+
+def cost(model: ModelConfig | None, prompt: int | None, completion: int | None) -> float | None:
+    if model is None or (not model.input_price and not model.output_price):
+        return None
+    return ((prompt or 0) * model.input_price + (completion or 0) * model.output_price) / 1_000_000
+
+
+def estimate_prompt_tokens(ctx: RequestContext) -> int:
+    if ctx.features is not None:
+        return ctx.features.tokens
+    total = 0
+    for m in ctx.body.get("messages", ()):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            total += estimate_tokens(content)
+    return total
+
+
+def build_record(
+    *,
+    request_id: str,
+    started_at: float,
+    endpoint: str,
+    status: int,
+    latency_ms: float,
+    ctx: RequestContext | None,
+    models: Mapping[str, ModelConfig],
+    error: str | None = None,
+    usage: tuple[int | None, int | None] = (None, None),
+    ttft_ms: float | None = None,
+    deltas: int = 0,
+) -> RequestRecord:
+    rec = RequestRecord(request_id, started_at, endpoint, status, error=error, latency_ms=round(latency_ms, 3))
+    if ctx is None:
+        return rec
+    rec.stream = ctx.stream
+    rec.attempts = ctx.attempts
+    rec.ttft_ms = None if ttft_ms is None else round(ttft_ms, 3)
+    d = ctx.decision
+    if d is not None:
+        rec.router, rec.route, rec.strategy, rec.reason = d.router, d.route, d.strategy, d.reason
+        rec.confidence, rec.scores, rec.threshold, rec.margin = d.confidence, d.scores, d.threshold, d.margin
+        rec.provenance, rec.decision_ms = d.provenance, round(d.elapsed_ms, 4)
+    target = ctx.target
+    if target is None and ctx.attempts:  # failed: the last model tried
+        key = ctx.attempts[-1].target
+        rec.model = key
+        rec.upstream = models[key].upstream if key in models else None
+    elif target is not None:
+        rec.model, rec.upstream = target.key, target.upstream
+    if endpoint == "chat" and status == 200:
+        prompt, completion = usage
+        if prompt is None or completion is None:
+            rec.tokens_estimated = True
+            prompt = estimate_prompt_tokens(ctx) if prompt is None else prompt
+            completion = deltas if completion is None else completion
+        rec.prompt_tokens, rec.completion_tokens = prompt, completion
+        rec.cost_usd = cost(models.get(rec.model or ""), prompt, completion)
+    return rec

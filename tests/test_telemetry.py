@@ -1,0 +1,111 @@
+"""One RequestRecord per finished request, with what happened and never any text."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, sdk
+from turnout.telemetry.meter import StreamMeter, usage_of
+from turnout.types import RequestRecord
+
+SECRET = "the-launch-code-is-0000"
+HI = [{"role": "user", "content": SECRET}]
+
+
+class Collect:
+    """A real sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+
+    def emit(self, record: RequestRecord) -> None:
+        self.records.append(record)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def collecting(gw: GatewayThread) -> Collect:
+    sink = Collect()
+    gw.app.telemetry.sinks.append(sink)
+    return sink
+
+
+def wait_for(sink: Collect, n: int) -> list[RequestRecord]:
+    deadline = time.monotonic() + 5
+    while len(sink.records) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sink.records
+
+
+def test_json_request_records_decision_usage_cost_and_latency(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(models={"lite-model": {"upstream": "fake", "name": "fake-lite", "input_price": 1.0,
+                                             "output_price": 2.0}})  # fmt: skip
+    sink = collecting(gw)
+    with sdk(gw) as client:
+        client.chat.completions.create(model="auto", messages=HI)
+    [rec] = wait_for(sink, 1)
+    assert (rec.endpoint, rec.status, rec.error, rec.stream) == ("chat", 200, None, False)
+    assert (rec.router, rec.route, rec.strategy, rec.model, rec.upstream) == ("auto", "lite", "fallback", "lite-model",
+                                                                               "fake")  # fmt: skip
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.tokens_estimated) == (8, 7, False)
+    assert rec.cost_usd == pytest.approx((8 * 1.0 + 7 * 2.0) / 1e6)
+    assert rec.latency_ms > 0 and rec.decision_ms is not None and len(rec.attempts) == 1
+    assert SECRET not in repr(rec)
+
+
+def test_stream_records_ttft_and_reported_usage(gateway: GatewayThread, client: openai.OpenAI) -> None:
+    sink = collecting(gateway)
+    list(client.chat.completions.create(model="deep", messages=HI, stream=True,
+                                        stream_options={"include_usage": True}))  # fmt: skip
+    list(client.chat.completions.create(model="deep", messages=HI, stream=True))
+    first, second = wait_for(sink, 2)
+    assert first.stream and first.status == 200 and first.ttft_ms is not None and 0 < first.ttft_ms <= first.latency_ms
+    assert (first.prompt_tokens, first.completion_tokens, first.tokens_estimated) == (8, 4, False)
+    assert second.completion_tokens == 4 and second.tokens_estimated  # counted from the content deltas
+
+
+def test_failures_record_a_bounded_reason(make_gateway: GatewayFactory, upstream: UpstreamThread) -> None:
+    gw = make_gateway(routes={"lite": {"targets": ["m-500"]}, "deep": {"targets": ["m-400"]}},
+                      proxy={"attempts_per_target": 1})  # fmt: skip
+    sink = collecting(gw)
+    chat = gw.url + "/v1/chat/completions"
+    httpx.post(chat, json={"model": "lite", "messages": HI})
+    httpx.post(chat, json={"model": "deep", "messages": HI})
+    httpx.post(chat, content=b"{nope")
+    httpx.post(chat, json={"model": "nope", "messages": HI})
+    recs = wait_for(sink, 4)
+    assert [(r.status, r.error) for r in recs] == [(502, "upstream_5xx"), (400, "upstream_4xx"),
+                                                   (400, "parse_error"), (404, "parse_error")]  # fmt: skip
+    assert recs[0].model == "m-500" and recs[0].attempts[0].error == "http_500"
+    assert all(SECRET not in repr(r) for r in recs)
+
+
+def test_a_client_that_leaves_mid_stream_is_recorded_as_cancelled(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(models={"long": {"upstream": "fake", "name": "fake?chunks=200&delay_ms=20"}},
+                      routes={"lite": {"targets": ["long"]}})  # fmt: skip
+    sink = collecting(gw)
+    with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                      json={"model": "lite", "messages": HI, "stream": True}) as r:  # fmt: skip
+        for _ in r.iter_raw():
+            break
+    [rec] = wait_for(sink, 1)
+    assert (rec.status, rec.error) == (200, "cancelled")
+
+
+def test_stream_meter_reads_bytes_without_keeping_them() -> None:
+    m = StreamMeter(time.perf_counter())
+    m.see(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
+    assert m.first_content is None
+    m.see(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"choices":[{"delta":{"content":"!"}}]}\n\n')
+    m.see(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\ndata: [DONE]\n\n')
+    assert m.deltas == 2 and m.ttft_ms is not None and (m.prompt_tokens, m.completion_tokens) == (3, 2)
+    assert usage_of(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2)
+    assert usage_of(b"not json, usage") == (None, None)
