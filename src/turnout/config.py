@@ -170,6 +170,53 @@ class ProxyConfig(Closed):
     )
 
 
+class MetricsConfig(Closed):
+    enabled: bool = Field(True, description="Prometheus metrics at `GET /metrics`")
+
+
+class AuditConfig(Closed):
+    enabled: bool = Field(True, description="metadata-only audit log of every request (never text)")
+    sqlite_path: str | None = Field(None, description="SQLite file; default `<runtime_dir>/audit.sqlite3`")
+    jsonl_path: str | None = Field(None, description="also write rotating JSONL here")
+    jsonl_max_bytes: int = Field(50_000_000, ge=1000, description="rotate the JSONL file at this size")
+    jsonl_backups: int = Field(5, ge=0, description="rotated JSONL files kept")
+    retention_days: float = Field(30.0, gt=0, description="audit rows older than this are deleted")
+
+
+class ReviewLogConfig(Closed):
+    enabled: bool = Field(False, description="OFF by default: also store prompts, for private deployments")
+    path: str | None = Field(None, description="SQLite file; default `<runtime_dir>/review.sqlite3`")
+    retention_days: float = Field(7.0, gt=0, description="reviewed prompts older than this are deleted")
+
+
+class TracingConfig(Closed):
+    enabled: bool = Field(False, description="OpenTelemetry spans per request (no prompt text)")
+    endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; default from `OTEL_EXPORTER_OTLP_*`")
+    service_name: str = Field("turnout", description="`service.name` of the spans")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra OTLP headers (use `${ENV}`)")
+
+
+class LogsConfig(Closed):
+    format: Literal["json", "text"] = Field("json", description="structured JSON lines, or plain text")
+
+
+class ReportConfig(Closed):
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="`turnout report` fails above this error share")
+    max_fallback_rate: float = Field(0.2, ge=0, le=1, description="... above this share of fallback decisions")
+    max_low_confidence: float = Field(0.3, ge=0, le=1, description="... above this share of low-confidence decisions")
+    max_p95_ms: float = Field(30000.0, gt=0, description="... above this p95 latency")
+    max_share_drift: float = Field(0.15, ge=0, le=1, description="... when a route's share moves more than this")
+
+
+class TelemetryConfig(Closed):
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="audit log")
+    review_log: ReviewLogConfig = Field(default_factory=ReviewLogConfig, description="prompt review log (opt-in)")
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="OpenTelemetry")
+    logs: LogsConfig = Field(default_factory=LogsConfig, description="log format")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="`turnout report` thresholds")
+
+
 class Settings(Closed):
     server: ServerConfig = Field(default_factory=ServerConfig, description="listening and limits")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="inbound authentication")
@@ -181,6 +228,7 @@ class Settings(Closed):
         default_factory=lambda: {"default": EncoderConfig()}, description="sentence encoders; `default` is USE"
     )
     runtime_dir: str = Field(".turnout", description="caches (utterance embeddings) and local state")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="metrics, audit, traces, logs")
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig, description="unknown model names")
     proxy: ProxyConfig = Field(default_factory=ProxyConfig, description="retries and fallback")
     expose_models: bool = Field(False, description="list target model ids in /v1/models")

@@ -141,7 +141,15 @@ class Proxy:
                 try:
                     reply = await self._attempt(upstream, target, payload, stream, started)
                 except UpstreamError as exc:
-                    attempts.append(Attempt(target.key, exc.kind, getattr(exc, "upstream_status", None), _ms(start)))
+                    attempts.append(
+                        Attempt(
+                            target.key,
+                            exc.kind,
+                            getattr(exc, "upstream_status", None),
+                            _ms(start),
+                            _off(start, started),
+                        )
+                    )
                     failures.append((target.key, exc))
                     if exc.kind != "rate_limited":  # busy is not broken
                         self.health.failed(target.upstream)
@@ -153,11 +161,11 @@ class Proxy:
                         await asyncio.sleep(wait)
                     continue
                 except UpstreamClientError:
-                    attempts.append(Attempt(target.key, "upstream_4xx", None, _ms(start)))
+                    attempts.append(Attempt(target.key, "upstream_4xx", None, _ms(start), _off(start, started)))
                     self.health.ok(target.upstream)
                     raise
                 status = reply.status if isinstance(reply, JsonReply) else 200
-                attempts.append(Attempt(target.key, None, status, _ms(start)))
+                attempts.append(Attempt(target.key, None, status, _ms(start), _off(start, started)))
                 self.health.ok(target.upstream)
                 return Outcome(reply, target, attempts)
         raise AllTargetsFailed(route, failures)
@@ -197,6 +205,10 @@ class Proxy:
                 f"upstream `{upstream}` answered HTTP {status}", upstream_status=status, retry_after=resp.retry_after
             )
         raise client_error(status, body, upstream, self._secrets.get(upstream, ()))
+
+
+def _off(start: float, started: float) -> float:
+    return round((start - started) * 1000, 3) if started else 0.0
 
 
 def _ms(start: float) -> float:

@@ -85,6 +85,7 @@ class Attempt:
     error: str | None
     status: int | None
     elapsed_ms: float
+    started_ms: float = 0.0  # offset from the request's arrival (for trace spans)
 
 
 @dataclass(slots=True)
