@@ -21,7 +21,7 @@ from turnout.errors import AuthError, BodyTooLarge, MethodNotAllowed, PathNotFou
 from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
-from turnout.telemetry import Telemetry, build_sinks
+from turnout.telemetry import build_telemetry
 from turnout.telemetry.meter import usage_of
 from turnout.telemetry.record import build_record, error_kind
 from turnout.types import RequestContext, Upstream
@@ -213,7 +213,7 @@ class App:
         self.upstreams = upstreams or {name: build_upstream(name, cfg) for name, cfg in settings.upstreams.items()}
         self.gateway = Gateway(settings, self.upstreams)
         self.readiness = Readiness(settings, source, self.gateway)
-        self.telemetry = Telemetry(build_sinks(settings))
+        self.telemetry = build_telemetry(settings)
         self._keys = [k.encode() for k in settings.auth.keys]
         self._limit = settings.server.max_body_bytes
         self._routes: dict[str, dict[str, Handler]] = {}
@@ -261,6 +261,9 @@ class App:
             deltas=deltas,
         )
         self.telemetry.emit(record)
+        ctx = scope.get("turnout.ctx")
+        if self.telemetry.review is not None and ctx is not None:
+            self.telemetry.review.capture(record, ctx.body)
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, methods: dict[str, Handler] | None, request_id: str
@@ -360,8 +363,12 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     else:
         scope["turnout.started"] = True
         scope["turnout.status"], scope["turnout.meter"] = 200, reply.meter
-        if await relay_stream(send, receive, reply, headers):
-            scope["turnout.error"] = "cancelled"
+        app.telemetry.stream_opened()
+        try:
+            if await relay_stream(send, receive, reply, headers):
+                scope["turnout.error"] = "cancelled"
+        finally:
+            app.telemetry.stream_closed()
 
 
 async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -> None:
@@ -407,12 +414,31 @@ async def ready(app: App, scope: Scope, receive: Receive, send: Send) -> None:
     await send_bytes(send, status, orjson.dumps(report), decision_headers(None, scope["turnout.request_id"]))
 
 
+async def metrics(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    page = app.telemetry.exposition()
+    if page is None:
+        raise PathNotFound("metrics are off (`telemetry.metrics.enabled: false`)")
+    body, content_type = page
+    await send_bytes(send, 200, body, decision_headers(None, scope["turnout.request_id"]), content_type.encode())
+
+
+async def usage(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    app.authenticate(scope)
+    from turnout.usage import usage_report  # the audit store's summary; imported on first use
+
+    query = scope.get("query_string", b"").decode("latin-1")
+    body = orjson.dumps(await usage_report(app.settings, query))
+    await send_bytes(send, 200, body, decision_headers(None, scope["turnout.request_id"]))
+
+
 ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/health", health, "liveness; never needs a key"),
     ("GET", "/ready", ready, "config, routers, routes, upstream reachability; 503 when a route cannot be served"),
     ("GET", "/v1/models", list_models, "routers and routes clients may ask for"),
     ("POST", "/v1/chat/completions", chat_completions, "OpenAI chat completions, JSON or SSE"),
     ("POST", "/v1/route", route_decision, "the routing decision for a chat body, nothing forwarded"),
+    ("GET", "/metrics", metrics, "Prometheus metrics (no auth, like /health)"),
+    ("GET", "/usage", usage, "requests, tokens, cost and savings by day, router, route and model"),
 ]  # fmt: skip
 
 

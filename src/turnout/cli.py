@@ -127,6 +127,9 @@ EXTRA_COMMANDS = [
     ("train", "turnout.training", "train a classifier artifact from labelled JSONL"),
     ("eval", "turnout.evaluate", "routing quality report on labelled JSONL"),
     ("calibrate", "turnout.calibrate", "choose thresholds and margins from labelled JSONL; write a config patch"),
+    ("usage", "turnout.usage", "requests, tokens, cost and savings from the audit log"),
+    ("replay", "turnout.replay", "re-decide logged requests under another config and show what would change"),
+    ("report", "turnout.report", "daily health summary from the audit log; exit 1 when a threshold is crossed"),
 ]
 
 

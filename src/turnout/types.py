@@ -113,6 +113,7 @@ class RequestRecord:
     margin: float | None = None
     provenance: list[str] = field(default_factory=list)
     decision_ms: float | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)  # each strategy's verdict (see Decision.trace)
     attempts: list[Attempt] = field(default_factory=list)
     stream: bool = False
     latency_ms: float = 0.0  # until the last byte went to the client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 from turnout.config import Settings
 from turnout.types import RequestRecord, Sink
@@ -17,9 +18,31 @@ log = logging.getLogger("turnout")
 
 
 class Telemetry:
-    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+    def __init__(self, sinks: Iterable[Sink] = (), review: ReviewLog | None = None) -> None:
         self.sinks = list(sinks)
+        self.review = review  # the opt-in prompt review log; None unless configured
         self._broken: set[int] = set()
+
+    def stream_opened(self) -> None:
+        for sink in self.sinks:
+            hook = getattr(sink, "stream_opened", None)
+            if hook is not None:
+                hook()
+
+    def stream_closed(self) -> None:
+        for sink in self.sinks:
+            hook = getattr(sink, "stream_closed", None)
+            if hook is not None:
+                hook()
+
+    def exposition(self) -> tuple[bytes, str] | None:
+        """The Prometheus text page, or None when metrics are off."""
+        for sink in self.sinks:
+            render = getattr(sink, "render", None)
+            if render is not None:
+                out: tuple[bytes, str] = render()
+                return out
+        return None
 
     def emit(self, record: RequestRecord) -> None:
         for i, sink in enumerate(self.sinks):
@@ -33,8 +56,12 @@ class Telemetry:
     async def start(self) -> None:
         for sink in self.sinks:
             await sink.start()
+        if self.review is not None:
+            await self.review.start()
 
     async def close(self) -> None:
+        if self.review is not None:
+            await self.review.close()
         for sink in self.sinks:
             try:
                 await sink.close()
@@ -42,7 +69,35 @@ class Telemetry:
                 log.exception("telemetry sink %s failed to close", type(sink).__name__)
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
-    """The sinks the config turns on. Each capability registers here."""
+class ReviewLog(Protocol):
+    """The opt-in prompt review log: the only place request text may be kept."""
+
+    def capture(self, record: RequestRecord, body: dict[str, Any]) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def build_telemetry(settings: Settings) -> Telemetry:
+    """The sinks the config turns on; each capability's module is imported only when it is on."""
+    t = settings.telemetry
     sinks: list[Sink] = []
-    return sinks
+    if t.metrics.enabled:
+        from turnout.telemetry.metrics import MetricsSink
+
+        sinks.append(MetricsSink(settings))
+    if t.audit.enabled:
+        from turnout.telemetry.audit import AuditSink
+
+        sinks.append(AuditSink(settings))
+    if t.tracing.enabled:
+        from turnout.telemetry.tracing import TracingSink
+
+        sinks.append(TracingSink(settings))
+    review: ReviewLog | None = None
+    if t.review_log.enabled:
+        from turnout.telemetry.review import PromptReviewLog
+
+        review = PromptReviewLog(settings)
+    return Telemetry(sinks, review)

@@ -75,7 +75,7 @@ def build_record(
     if d is not None:
         rec.router, rec.route, rec.strategy, rec.reason = d.router, d.route, d.strategy, d.reason
         rec.confidence, rec.scores, rec.threshold, rec.margin = d.confidence, d.scores, d.threshold, d.margin
-        rec.provenance, rec.decision_ms = d.provenance, round(d.elapsed_ms, 4)
+        rec.provenance, rec.decision_ms, rec.trace = d.provenance, round(d.elapsed_ms, 4), d.trace
     target = ctx.target
     if target is None and ctx.attempts:  # failed: the last model tried
         key = ctx.attempts[-1].target
