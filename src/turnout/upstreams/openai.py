@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from turnout.config import UpstreamConfig
 from turnout.errors import UpstreamConnectError, UpstreamDropped, UpstreamError, UpstreamTimeout
@@ -101,9 +102,10 @@ class OpenAIUpstream:
         self.config = config
         self._base = config.base_url.rstrip("/")
         self._url = self._base + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", **config.headers}
+        headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers = CIMultiDict(headers)  # built once: aiohttp would copy a plain dict per request
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.first_byte_timeout_s
         )
@@ -128,7 +130,7 @@ class OpenAIUpstream:
         """GET /models: (reachable, a short human status, the model ids it lists)."""
         session = self._get_session()
         url = self.config.base_url.rstrip("/") + "/models"
-        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        headers = {k: v for k, v in self._headers.items() if k.lower() != "content-type"}
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
