@@ -181,6 +181,9 @@ class AuditConfig(Closed):
     jsonl_max_bytes: int = Field(50_000_000, ge=1000, description="rotate the JSONL file at this size")
     jsonl_backups: int = Field(5, ge=0, description="rotated JSONL files kept")
     retention_days: float = Field(30.0, gt=0, description="audit rows older than this are deleted")
+    flush_s: float = Field(
+        0.5, gt=0, le=60, description="records wait in memory at most this long; a writer thread writes them"
+    )
 
 
 class ReviewLogConfig(Closed):
@@ -191,21 +194,35 @@ class ReviewLogConfig(Closed):
 
 class TracingConfig(Closed):
     enabled: bool = Field(False, description="OpenTelemetry spans per request (no prompt text)")
-    endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; default from `OTEL_EXPORTER_OTLP_*`")
-    service_name: str = Field("turnout", description="`service.name` of the spans")
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP collector URL (`/v1/traces` added to a bare host); default from `OTEL_EXPORTER_OTLP_*`",
+    )
+    service_name: str = Field("turnout", min_length=1, description="`service.name` of the spans")
     headers: dict[str, str] = Field(default_factory=dict, description="extra OTLP headers (use `${ENV}`)")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of requests traced, chosen by trace id")
 
 
 class LogsConfig(Closed):
     format: Literal["json", "text"] = Field("json", description="structured JSON lines, or plain text")
+    requests: bool = Field(False, description="one `turnout.requests` line per finished request (metadata only)")
 
 
 class ReportConfig(Closed):
     max_error_rate: float = Field(0.05, ge=0, le=1, description="`turnout report` fails above this error share")
     max_fallback_rate: float = Field(0.2, ge=0, le=1, description="... above this share of fallback decisions")
     max_low_confidence: float = Field(0.3, ge=0, le=1, description="... above this share of low-confidence decisions")
-    max_p95_ms: float = Field(30000.0, gt=0, description="... above this p95 latency")
-    max_share_drift: float = Field(0.15, ge=0, le=1, description="... when a route's share moves more than this")
+    max_p95_ms: float = Field(
+        30000.0, gt=0, description="... above this p95 response time (a stream's: its time to first token)"
+    )
+    max_share_drift: float = Field(
+        0.15, ge=0, le=1, description="... when a route's share moves more than this from the previous day"
+    )
+    low_confidence_band: float = Field(
+        0.05, ge=0, description="a decision that cleared its threshold by less than this counts as low-confidence"
+    )
+    min_requests: int = Field(20, ge=1, description="days with fewer requests are summarised but never fail")
 
 
 class TelemetryConfig(Closed):

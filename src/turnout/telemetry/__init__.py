@@ -91,6 +91,10 @@ def build_telemetry(settings: Settings) -> Telemetry:
         from turnout.telemetry.audit import AuditSink
 
         sinks.append(AuditSink(settings))
+    if t.logs.requests:
+        from turnout.telemetry.logs import RequestLogSink
+
+        sinks.append(RequestLogSink(settings))
     if t.tracing.enabled:
         from turnout.telemetry.tracing import TracingSink
 
