@@ -238,6 +238,7 @@ class App:
         request_id = os.urandom(16).hex()  # uuid4().hex costs ~3x more and says nothing more
         scope["turnout.request_id"] = request_id
         scope["turnout.t0"] = time.perf_counter()
+        scope["turnout.wall"] = time.time()
         methods = self._routes.get(scope["path"].rstrip("/") or "/")
         try:
             await self._dispatch(scope, receive, send, methods, request_id)
@@ -360,7 +361,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send) -> None:
     scope["turnout.endpoint"] = "chat"
-    scope["turnout.wall"] = time.time()
     app.authenticate(scope)
     body = parse_json_object(await read_body(receive, app._limit))
     request_id = scope["turnout.request_id"]
@@ -386,7 +386,6 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
 
 async def route_decision(app: App, scope: Scope, receive: Receive, send: Send) -> None:
     scope["turnout.endpoint"] = "route"
-    scope["turnout.wall"] = time.time()
     app.authenticate(scope)
     body = parse_json_object(await read_body(receive, app._limit))
     if "messages" not in body and isinstance(body.get("text"), str):
