@@ -1,20 +1,460 @@
-"""Placeholder: the audit log is being written."""
+"""The audit log: one metadata-only row per finished request, in SQLite and optionally rotating JSONL.
+
+Never text: no prompt, completion, key or bearer token reaches it. A decision's `reason` is kept when
+turnout wrote it (rule names, "every strategy abstained"); an `llm` decision's reason is the judge's own
+words, which may paraphrase the prompt, so only a bounded code is stored (`llm_verdict`, or
+`llm_verdict_cached` when the verdict came from the judge's cache).
+
+The request path never waits for a disk:
+
+    emit(record)    appends the record to an in-memory deque and returns: no I/O, no serialisation
+    writer thread   every `flush_s`, or as soon as BATCH records wait, turns records into rows, inserts
+                    them with one executemany in one transaction, then appends the JSONL lines
+    close()         the writer writes everything still queued, then stops: a clean shutdown loses nothing
+
+A writer that falls MAX_QUEUED records behind (a stuck disk) drops new records and counts them rather
+than growing without bound. The schema is built by named migrations (MIGRATIONS), applied in order at
+start and recorded in `schema_migrations`; a schema change is a new migration, never an edit to an old one.
+Rows older than `retention_days` are deleted at start and every PURGE_EVERY_S.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+
+import orjson
+
 from turnout.config import Settings
+from turnout.errors import RequestError, TurnoutError
 from turnout.types import RequestRecord
 
+log = logging.getLogger("turnout")
 
-class AuditSink:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+FLUSH_S = 0.5  # the longest a record waits in memory (`telemetry.audit.flush_s` for the audit log)
+BATCH = 500  # rows per transaction; a full batch wakes the writer at once
+MAX_QUEUED = 100_000
+PURGE_EVERY_S = 3600.0
+BUSY_TIMEOUT_MS = 5000  # several worker processes share one file
+DAY_S = 86400.0
+REASON_CHARS = 200
+# Strategies whose reasons turnout writes itself; any other strategy's reason is replaced by a code.
+OWN_REASONS = frozenset({"explicit", "rules", "semantic", "classifier", "fallback", "sticky", "passthrough"})
 
-    def emit(self, record: RequestRecord) -> None:
-        return None
+Migration = tuple[str, tuple[str, ...]]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        "0001_requests",
+        (
+            """CREATE TABLE requests (
+                id INTEGER PRIMARY KEY,
+                ts REAL NOT NULL,
+                day TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                endpoint TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                error TEXT,
+                router TEXT,
+                route TEXT,
+                model TEXT,
+                upstream TEXT,
+                strategy TEXT,
+                reason TEXT,
+                confidence REAL,
+                threshold REAL,
+                margin REAL,
+                scores TEXT,
+                provenance TEXT,
+                trace TEXT,
+                decision_ms REAL,
+                attempts TEXT,
+                stream INTEGER NOT NULL,
+                latency_ms REAL NOT NULL,
+                ttft_ms REAL,
+                prompt_tokens INTEGER,
+                completion_tokens INTEGER,
+                tokens_estimated INTEGER NOT NULL,
+                cost_usd REAL,
+                cache TEXT,
+                guards TEXT
+            )""",
+        ),
+    ),
+    (
+        "0002_index_time_route",
+        (
+            "CREATE INDEX requests_ts ON requests (ts)",
+            "CREATE INDEX requests_route_ts ON requests (route, ts)",
+            "CREATE INDEX requests_request_id ON requests (request_id)",
+        ),
+    ),
+)
+
+COLUMNS = (
+    "ts", "day", "request_id", "endpoint", "status", "error", "router", "route", "model", "upstream",
+    "strategy", "reason", "confidence", "threshold", "margin", "scores", "provenance", "trace",
+    "decision_ms", "attempts", "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "tokens_estimated", "cost_usd", "cache", "guards",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"scores", "provenance", "trace", "attempts", "guards"})
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+# --- paths, days and reading ------------------------------------------------------------------
+
+
+def audit_path(settings: Settings) -> Path:
+    a = settings.telemetry.audit
+    return Path(a.sqlite_path) if a.sqlite_path else Path(settings.runtime_dir) / "audit.sqlite3"
+
+
+def utc_day(ts: float) -> str:
+    return _day_name(int(ts // DAY_S))
+
+
+@functools.lru_cache(maxsize=16)
+def _day_name(days: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days * DAY_S))
+
+
+def parse_day(value: str, param: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise RequestError(f"`{param}` must be a date, YYYY-MM-DD (got {value!r})", param=param) from None
+
+
+def day_start(d: date) -> float:
+    """The first second of a UTC day, as unix seconds."""
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+
+
+def open_store(path: Path, what: str = "audit log", fix: str = "is `telemetry.audit` enabled?") -> sqlite3.Connection:
+    """A read-only connection to an audit (or review) store; rows come back as sqlite3.Row."""
+    if not path.is_file():
+        raise TurnoutError(f"no {what} at `{path}`: {fix}")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A writing connection: autocommit (transactions are explicit), WAL so readers never block it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction. Returns their names.
+
+    Each one takes the write lock before checking what is applied, so processes starting together
+    apply each migration once."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    applied: list[str] = []
+    for name, statements in migrations:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone() is None:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+                applied.append(name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return applied
+
+
+# --- the background writer --------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class BackgroundWriter(Generic[T]):
+    """A daemon thread that owns one SQLite connection and writes what `put` queued, in batches.
+
+    Subclasses name their store (`table`, `migrations`, `what`, `fix`) and turn a batch into rows (`write`).
+    """
+
+    table = ""
+    migrations: tuple[Migration, ...] = ()
+    what = ""
+    fix = ""
+
+    def __init__(self, path: Path, retention_days: float, flush_s: float = FLUSH_S) -> None:
+        self.path = path
+        self.retention_s = retention_days * DAY_S
+        self.flush_s = flush_s
+        self.written = 0
+        self.dropped = 0
+        self._queue: deque[T] = deque()
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._stopping = False
+        self._room = MAX_QUEUED  # 0 once closed: later records are counted as dropped
+        self._error: BaseException | None = None
+        self._retries = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, item: T) -> None:
+        """The hot path: a deque append, and a wake-up when a batch is full."""
+        q = self._queue
+        if len(q) < self._room:
+            q.append(item)
+            if len(q) == BATCH:
+                self._wake.set()
+        else:
+            self.dropped += 1
 
     async def start(self) -> None:
-        return None
+        self._thread = threading.Thread(target=self._run, name=f"turnout-{self.table}-writer", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait)
+        if self._error is not None:
+            self._thread = None
+            raise TurnoutError(f"cannot open the {self.what} `{self.path}` ({self._error}): {self.fix}")
 
     async def close(self) -> None:
-        return None
+        self._room = 0
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.to_thread(thread.join)
+        if self.dropped:
+            log.warning("%s: %d records were dropped (the writer fell behind or failed)", self.what, self.dropped)
+
+    def write(self, conn: sqlite3.Connection, batch: list[T]) -> None:
+        raise NotImplementedError
+
+    def opened(self) -> None:
+        """Called in the writer thread once the database is ready (JSONL files open here)."""
+
+    def closing(self) -> None:
+        """Called in the writer thread after the last write."""
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(self.path)
+            migrate(conn, self.migrations)
+            self.purge(conn)
+            self.opened()
+        except Exception as exc:
+            if conn is not None:
+                conn.close()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        next_purge = time.monotonic() + PURGE_EVERY_S
+        try:
+            while True:
+                self._wake.wait(self.flush_s)
+                self._wake.clear()
+                stopping = self._stopping  # read before draining: whatever was queued before close is written
+                self._drain(conn)
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                    try:
+                        self.purge(conn)
+                    except sqlite3.Error:  # a busy store: the next hour's purge catches up
+                        log.warning("%s: deleting old rows failed", self.what, exc_info=True)
+                if stopping:
+                    if self._queue:  # the last tries failed
+                        self.dropped += len(self._queue)
+                    break
+        finally:
+            self.closing()
+            conn.close()
+
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        q = self._queue
+        while q:
+            batch = [q.popleft() for _ in range(min(len(q), BATCH))]
+            try:
+                self.write(conn, batch)
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._retries += 1
+                if self._retries <= 3 and not self._stopping:
+                    log.warning("%s: a write failed; retrying on the next flush", self.what, exc_info=True)
+                    q.extendleft(reversed(batch))
+                    return
+                log.exception("%s: dropping %d records after repeated write failures", self.what, len(batch))
+                self.dropped += len(batch)
+                continue
+            self._retries = 0
+            self.written += len(batch)
+
+    def purge(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"DELETE FROM {self.table} WHERE ts < ?", (time.time() - self.retention_s,))
+
+
+def insert_many(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(sql, rows)
+    conn.execute("COMMIT")
+
+
+# --- rows and JSONL ----------------------------------------------------------------------------
+
+
+def stored_reason(record: RequestRecord) -> str | None:
+    """The reason as stored: turnout's own words, bounded; a code for reasons a model wrote."""
+    strategy = record.strategy
+    if strategy is None or record.reason is None:
+        return record.reason
+    if strategy in OWN_REASONS:
+        return record.reason[:REASON_CHARS]
+    if strategy == "llm":
+        return "llm_verdict_cached" if "llm:cached" in record.provenance else "llm_verdict"
+    return f"{strategy}_decision"
+
+
+def _num(value: float | None) -> float | None:
+    return None if value is None else float(value)  # numpy scalars become plain floats
+
+
+def dumps(value: Any, option: int = 0) -> bytes:
+    """orjson, with numpy scalars (strategies' scores) and, as a last resort, anything else as a string."""
+    return orjson.dumps(value, default=str, option=option | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json(value: Any) -> str:
+    return dumps(value).decode()
+
+
+def audit_row(r: RequestRecord) -> tuple[Any, ...]:
+    """A record's row, in COLUMNS order: the metadata and nothing else."""
+    attempts = [
+        {"target": a.target, "error": a.error, "status": a.status, "elapsed_ms": round(a.elapsed_ms, 3),
+         "started_ms": round(a.started_ms, 3)}
+        for a in r.attempts
+    ]  # fmt: skip
+    return (
+        r.started_at, utc_day(r.started_at), r.request_id, r.endpoint, r.status, r.error, r.router, r.route,
+        r.model, r.upstream, r.strategy, stored_reason(r), _num(r.confidence), _num(r.threshold),
+        _num(r.margin), _json(r.scores), _json(r.provenance), _json(r.trace), r.decision_ms, _json(attempts),
+        r.stream, r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.tokens_estimated,
+        r.cost_usd, r.cache, _json(r.guards),
+    )  # fmt: skip
+
+
+_FRAGMENT: Any = getattr(orjson, "Fragment", None)  # orjson >= 3.10 embeds JSON text without parsing it
+
+
+def jsonl_line(row: tuple[Any, ...]) -> bytes:
+    """A row as one JSON line: the same fields, JSON columns as objects, booleans as booleans."""
+    embed = _FRAGMENT or orjson.loads
+    entry = {c: embed(v) if c in JSON_COLUMNS else v for c, v in zip(COLUMNS, row, strict=True)}
+    entry["stream"], entry["tokens_estimated"] = bool(entry["stream"]), bool(entry["tokens_estimated"])
+    return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _built(batch: list[RequestRecord], keep: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """Rows built one by one as SQLite asks for them (kept for the JSONL copy). SQLite releases the GIL
+    for every row it inserts, so the event loop never waits for a whole batch's conversion."""
+    for record in batch:
+        row = audit_row(record)
+        keep.append(row)
+        yield row
+
+
+class RotatingJsonl:
+    """Appends lines to `path`; past `max_bytes` the file becomes `path.1` (`.1` becomes `.2`, ...),
+    keeping `backups` old files (with 0, the file is truncated instead)."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 (kept open by the writer thread)
+        self._size = self._file.tell()
+
+    def write(self, lines: list[bytes]) -> None:
+        pending: list[bytes] = []
+        size = self._size
+        for line in lines:
+            if size and size + len(line) > self.max_bytes:
+                self._file.write(b"".join(pending))
+                pending.clear()
+                self._rotate()
+                size = 0
+            pending.append(line)
+            size += len(line)
+        self._file.write(b"".join(pending))
+        self._file.flush()
+        self._size = size
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+            self._file = open(self.path, "ab")  # noqa: SIM115
+        else:
+            self._file = open(self.path, "wb")  # noqa: SIM115
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# --- the sink ------------------------------------------------------------------------------------
+
+
+class AuditSink(BackgroundWriter[RequestRecord]):
+    table = "requests"
+    migrations = MIGRATIONS
+    what = "audit log"
+    fix = "set `telemetry.audit.sqlite_path` to a writable file, or `telemetry.audit.enabled: false`"
+
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.telemetry.audit
+        super().__init__(audit_path(settings), cfg.retention_days, cfg.flush_s)
+        self.cfg = cfg
+        self.jsonl: RotatingJsonl | None = None
+
+    emit = BackgroundWriter.put  # the Sink method: the same deque append, without a second call
+
+    def opened(self) -> None:
+        if self.cfg.jsonl_path:
+            self.jsonl = RotatingJsonl(Path(self.cfg.jsonl_path), self.cfg.jsonl_max_bytes, self.cfg.jsonl_backups)
+
+    def closing(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+    def write(self, conn: sqlite3.Connection, batch: list[RequestRecord]) -> None:
+        rows: list[tuple[Any, ...]] = []
+        insert_many(conn, INSERT, _built(batch, rows))
+        if self.jsonl is not None:
+            try:
+                self.jsonl.write([jsonl_line(row) for row in rows])
+            except OSError:  # the rows are in SQLite; a JSONL failure must not write them twice
+                log.exception("audit log: writing `%s` failed", self.jsonl.path)

@@ -1,0 +1,198 @@
+"""The audit log and the prompt review log: real traffic through a gateway, then the SQLite and JSONL files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
+from turnout.config import validate
+from turnout.telemetry.audit import MIGRATIONS, AuditSink, connect, migrate
+from turnout.telemetry.review import PromptReviewLog
+
+SECRET = "the-launch-code-is-0000"
+HI = [{"role": "user", "content": SECRET}]
+PRICED = {
+    "lite-model": {"upstream": "fake", "name": "fake-lite", "input_price": 1.0, "output_price": 2.0},
+    "deep-model": {"upstream": "fake", "name": "fake-deep", "input_price": 10.0, "output_price": 20.0},
+}
+IMAGE = "data:image/png;base64," + "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk" * 4
+
+
+def rows(path: Path, table: str = "requests") -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
+
+
+def test_each_request_is_one_row_of_metadata_in_columns(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = make_gateway(runtime_dir=str(tmp_path), models=PRICED)
+    with sdk(gw) as client:
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=HI)
+        client.chat.completions.create(model="auto", messages=HI, extra_body={"metadata": {"route": "deep"}})
+    httpx.post(gw.url + "/v1/chat/completions", json={"model": "nope", "messages": HI})
+    gw.stop()
+    first, second, third = rows(tmp_path / "audit.sqlite3")
+    assert first["request_id"] == raw.headers["x-turnout-request-id"]
+    assert (first["endpoint"], first["status"], first["router"], first["route"], first["model"]) == (
+        "chat", 200, "auto", "lite", "lite-model"
+    )  # fmt: skip
+    assert (first["strategy"], first["reason"], first["upstream"]) == ("fallback", "every strategy abstained", "fake")
+    assert (first["prompt_tokens"], first["completion_tokens"], first["tokens_estimated"]) == (8, 7, 0)
+    assert first["cost_usd"] == pytest.approx((8 * 1.0 + 7 * 2.0) / 1e6)
+    assert first["latency_ms"] > 0 and first["decision_ms"] is not None and first["stream"] == 0
+    assert first["day"] == time.strftime("%Y-%m-%d", time.gmtime(first["ts"]))
+    [attempt] = orjson.loads(first["attempts"])
+    assert (attempt["target"], attempt["error"], attempt["status"]) == ("lite-model", None, 200)
+    assert orjson.loads(first["trace"]) == [{"strategy": "explicit", "verdict": "abstained"}]
+    assert (second["route"], second["strategy"], second["confidence"]) == ("deep", "explicit", 1.0)
+    assert "metadata.route" in second["reason"]
+    assert (third["status"], third["error"], third["route"]) == (404, "parse_error", None)
+
+
+def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    with closing(connect(path)) as conn:  # a store written by a version that knew only the first migration
+        assert migrate(conn, MIGRATIONS[:1]) == ["0001_requests"]
+    settings = validate({**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path)}, {})
+    sink = AuditSink(settings)
+
+    async def start_and_stop() -> None:
+        await sink.start()
+        await sink.close()
+
+    asyncio.run(start_and_stop())
+    conn = connect(path)
+    names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert names == ["0001_requests", "0002_index_time_route"]
+    assert {"requests_ts", "requests_route_ts", "requests_request_id"} <= indexes
+    assert migrate(conn, MIGRATIONS) == []
+    conn.close()
+
+
+def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = make_gateway(runtime_dir=str(tmp_path), telemetry={"audit": {"flush_s": 60}})  # only close() writes
+    n = 300
+
+    def post(http: httpx.Client) -> int:
+        return http.post("/v1/chat/completions", json={"model": "lite", "messages": HI}).status_code
+
+    with httpx.Client(base_url=gw.url, timeout=10) as http, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, [http] * n))
+    assert statuses == [200] * n
+    assert rows(tmp_path / "audit.sqlite3") == []  # every record is still queued in memory
+    gw.stop()
+    assert len(rows(tmp_path / "audit.sqlite3")) == n
+
+
+def test_jsonl_copy_rotates_at_max_bytes_and_keeps_backups(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    jsonl = tmp_path / "logs" / "audit.jsonl"
+    audit = {"jsonl_path": str(jsonl), "jsonl_max_bytes": 1500, "jsonl_backups": 2}
+    gw = make_gateway(runtime_dir=str(tmp_path), telemetry={"audit": audit})
+    with sdk(gw) as client:
+        ids = [client.chat.completions.with_raw_response.create(model="lite", messages=HI)
+               .headers["x-turnout-request-id"] for _ in range(8)]  # fmt: skip
+    gw.stop()
+    files = sorted(p.name for p in jsonl.parent.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    kept: list[dict[str, Any]] = []
+    for name in reversed(files):  # oldest first
+        data = (jsonl.parent / name).read_bytes()
+        assert 0 < len(data) <= 1500
+        kept += [orjson.loads(line) for line in data.splitlines()]
+    assert [e["request_id"] for e in kept] == ids[-len(kept) :] and len(kept) < 8
+    assert kept[-1]["route"] == "lite" and kept[-1]["attempts"][0]["target"] == "lite-model"
+
+
+def test_retention_deletes_rows_older_than_retention_days_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    conn = connect(path)
+    migrate(conn, MIGRATIONS)
+    now = time.time()
+    for rid, age_days in (("old", 40), ("recent", 10)):
+        conn.execute(
+            "INSERT INTO requests (ts, day, request_id, endpoint, status, stream, latency_ms, tokens_estimated) "
+            "VALUES (?, '', ?, 'chat', 200, 0, 1.0, 0)",
+            (now - age_days * 86400, rid),
+        )
+    conn.close()
+    config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
+              "telemetry": {"audit": {"retention_days": 30}}}  # fmt: skip
+    sink = AuditSink(validate(config, {}))
+
+    async def start_and_stop() -> None:
+        await sink.start()
+        await sink.close()
+
+    asyncio.run(start_and_stop())
+    assert [r["request_id"] for r in rows(path)] == ["recent"]
+
+
+def test_prompts_completions_and_keys_never_reach_the_audit_files(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    inbound = "sk-inbound-key-987654321"
+    jsonl = tmp_path / "audit.jsonl"
+    gw = make_gateway(
+        runtime_dir=str(tmp_path),
+        auth={"keys": [inbound]},
+        models={"judge-model": {"upstream": "fake", "name": "fake?judge=1"}},
+        routes={"broken": {"targets": ["m-401"]}},
+        routers={"judged": {"routes": ["lite", "deep"], "strategies": ["llm"], "fallback": "lite",
+                            "llm": {"model": "judge-model"}}},
+        telemetry={"audit": {"jsonl_path": str(jsonl)}},
+    )  # fmt: skip
+    image = [{"type": "text", "text": SECRET}, {"type": "image_url", "image_url": {"url": IMAGE}}]
+    with sdk(gw, inbound) as client:
+        client.chat.completions.create(model="auto", messages=HI)
+        client.chat.completions.create(model="judged", messages=[{"role": "user", "content": "route:deep " + SECRET}])
+        list(client.chat.completions.create(model="deep", messages=HI, stream=True))
+        client.chat.completions.create(model="lite", messages=[{"role": "user", "content": image}])  # type: ignore[misc,list-item]
+        r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "broken", "messages": HI},
+                       headers={"authorization": f"Bearer {inbound}"})  # fmt: skip
+        assert r.status_code == 502
+    gw.stop()
+    recs = rows(tmp_path / "audit.sqlite3")
+    assert [r["route"] for r in recs] == ["lite", "deep", "deep", "lite", "broken"]
+    assert (recs[1]["strategy"], recs[1]["reason"]) == ("llm", "llm_verdict")  # the judge's words are not kept
+    blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(("audit.", "review.")))
+    for needle in (SECRET, "route:deep", UPSTREAM_KEY, inbound, "sk-live-abcdef123456", "Hello from the fake",
+                   "tok0", "fake judge chose", IMAGE[:40]):  # fmt: skip
+        assert needle.encode() not in blobs, needle
+    assert not (tmp_path / "review.sqlite3").exists() and gw.app.telemetry.review is None
+
+
+def test_review_log_keeps_scrubbed_prompts_only_when_enabled(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = make_gateway(runtime_dir=str(tmp_path), telemetry={"review_log": {"enabled": True}})
+    content = [{"type": "text", "text": f"{SECRET} see {IMAGE}"}, {"type": "image_url", "image_url": {"url": IMAGE}}]
+    with sdk(gw) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": content}],  # type: ignore[misc,list-item]
+            tools=[{"type": "function", "function": {"name": "get_weather", "description": "weather in a city"}}],
+        )
+    gw.stop()
+    [row] = rows(tmp_path / "review.sqlite3", "prompts")
+    assert (row["request_id"], row["router"], row["route"], row["model"], row["endpoint"]) == (
+        raw.headers["x-turnout-request-id"], "auto", "lite", "lite-model", "chat"
+    )  # fmt: skip
+    system, user = orjson.loads(row["messages"])
+    assert system == {"role": "system", "content": "be brief"}
+    assert user["content"] == [{"type": "text", "text": f"{SECRET} see [image]"},
+                               {"type": "image_url", "image_url": {"url": "[image]"}}]  # fmt: skip
+    assert orjson.loads(row["params"]) == {"tools": [{"type": "function", "function": {"name": "get_weather"}}]}
+    assert IMAGE[30:80].encode() not in (tmp_path / "review.sqlite3").read_bytes()
+    assert SECRET.encode() not in (tmp_path / "audit.sqlite3").read_bytes()
+
+
+def test_review_log_refuses_to_exist_when_not_enabled() -> None:
+    with pytest.raises(ValueError, match="never implicit"):
+        PromptReviewLog(validate(base_config("http://127.0.0.1:9/v1"), {}))
