@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,7 @@ class GatewayThread:
         self._sock.close()
 
 
-def base_config(upstream_url: str) -> dict[str, Any]:
+def base_config(upstream_url: str, runtime_dir: str | None = None) -> dict[str, Any]:
     """Routes on the fake upstream; fault models whose behaviour the fake reads from their names."""
     models: dict[str, Any] = {
         "lite-model": {"upstream": "fake", "name": "fake-lite"},
@@ -118,6 +119,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         },
         "routers": {"auto": {"routes": ["lite", "deep"], "fallback": "lite"}},
         "proxy": {"attempts_per_target": 2, "backoff_s": 0.0, "retry_after_cap_s": 1.0},
+        "runtime_dir": runtime_dir or tempfile.mkdtemp(prefix="turnout-test-"),
     }
 
 

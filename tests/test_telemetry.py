@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, sdk
-from turnout.telemetry.meter import StreamMeter, usage_of
+from turnout.telemetry.meter import StreamMeter, completion_chars, usage_of
 from turnout.types import RequestRecord
 
 SECRET = "the-launch-code-is-0000"
@@ -109,3 +109,9 @@ def test_stream_meter_reads_bytes_without_keeping_them() -> None:
     assert m.deltas == 2 and m.ttft_ms is not None and (m.prompt_tokens, m.completion_tokens) == (3, 2)
     assert usage_of(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2)
     assert usage_of(b"not json, usage") == (None, None)
+
+
+def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
+    body = b'{"choices":[{"message":{"content":"12345678","tool_calls":[{"function":{"arguments":"{}"}}]}}]}'
+    assert completion_chars(body) == 10
+    assert completion_chars(b"<html>") == 0

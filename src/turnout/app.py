@@ -23,7 +23,7 @@ from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
-from turnout.telemetry.meter import usage_of
+from turnout.telemetry.meter import completion_chars, usage_of
 from turnout.telemetry.record import build_record, error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
@@ -250,7 +250,7 @@ class App:
     def _record(self, scope: Scope, endpoint: str, request_id: str) -> None:
         t0 = scope["turnout.t0"]
         meter = scope.get("turnout.meter")
-        usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, 0
+        usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
         error = scope.get("turnout.error")
         if meter is not None:
             usage, ttft, deltas = (meter.prompt_tokens, meter.completion_tokens), meter.ttft_ms, meter.deltas
@@ -326,11 +326,11 @@ class App:
             if msg["type"] == "lifespan.startup":
                 try:
                     await self.gateway.start()
-                except Exception as exc:  # a broken bank or encoder: refuse to start, say why
+                    await self.telemetry.start()
+                except Exception as exc:  # a broken bank, encoder or audit file: refuse to start, say why
                     log.error("turnout cannot start: %s", getattr(exc, "message", None) or repr(exc))
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                await self.telemetry.start()
                 self.readiness.start()
                 if self.tune_gc:
                     # Everything built so far lives as long as the process: keep the collector off it, and
@@ -371,7 +371,10 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     headers = decision_headers(ctx, request_id)
     reply = outcome.reply
     if isinstance(reply, JsonReply):
-        scope["turnout.status"], scope["turnout.usage"] = reply.status, usage_of(reply.body)
+        usage = usage_of(reply.body)
+        scope["turnout.status"], scope["turnout.usage"] = reply.status, usage
+        if usage[1] is None:  # no reported usage: estimate the answer's tokens from its text (~4 chars each)
+            scope["turnout.deltas"] = completion_chars(reply.body) // 4
         await send_bytes(send, reply.status, reply.body, headers, reply.content_type.encode())
     else:
         scope["turnout.started"] = True

@@ -27,6 +27,21 @@ def usage_of(body: bytes) -> tuple[int | None, int | None]:
     return _tokens(usage)
 
 
+def completion_chars(body: bytes) -> int:
+    """Characters of answer text in a chat.completion body, for a token estimate when usage is absent."""
+    try:
+        data: Any = orjson.loads(body)
+        total = 0
+        for choice in data.get("choices") or ():
+            msg = choice.get("message") or {}
+            total += len(msg.get("content") or "")
+            for call in msg.get("tool_calls") or ():
+                total += len((call.get("function") or {}).get("arguments") or "")
+        return total
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return 0
+
+
 def _tokens(usage: Any) -> tuple[int | None, int | None]:
     if not isinstance(usage, dict):
         return None, None
