@@ -1,0 +1,383 @@
+"""The Prometheus sink: real traffic through a gateway on a real socket, then `GET /metrics`, parsed with
+prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
+from turnout.config import validate
+from turnout.telemetry.metrics import HistogramFamily, MetricsSink, status_label
+from turnout.types import RequestRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "the-launch-code-is-0000"
+HI = [{"role": "user", "content": SECRET}]
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+class Page:
+    """One scrape: the raw text and every sample, by name and label set."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = list(text_string_to_metric_families(text))
+        self.series: Series = {}
+        for family in self.families:
+            for s in family.samples:
+                self.series[(s.name, frozenset(s.labels.items()))] = s.value
+
+    def get(self, name: str, **labels: str) -> float:
+        """The value of the one series with exactly these labels; 0 when there is none."""
+        return self.series.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every series of `name` whose labels include these."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.series.items() if n == name and want <= ls)
+
+
+def scrape(gw: GatewayThread) -> Page:
+    r = httpx.get(gw.url + "/metrics", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    return Page(r.text)
+
+
+def scrape_when(gw: GatewayThread, ready: Callable[[Page], bool]) -> Page:
+    """Scrape until `ready` holds: records are emitted just after the response is sent."""
+    deadline = time.monotonic() + 5
+    while True:
+        page = scrape(gw)
+        if ready(page) or time.monotonic() > deadline:
+            return page
+        time.sleep(0.01)
+
+
+def after(gw: GatewayThread, requests: int) -> Page:
+    return scrape_when(gw, lambda p: p.total("turnout_requests_total") >= requests)
+
+
+# --- traffic through the gateway ----------------------------------------------------------------
+
+
+def test_json_and_streamed_answers_count_requests_decisions_tokens_cost_and_latency(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = make_gateway(models={"lite-model": {"upstream": "fake", "name": "fake-lite", "input_price": 1.0,
+                                             "output_price": 2.0}})  # fmt: skip
+    with sdk(gw) as client:
+        client.chat.completions.create(model="auto", messages=HI)
+        client.chat.completions.create(model="auto", messages=HI, extra_body={"metadata": {"route": "deep"}})
+        list(client.chat.completions.create(model="deep", messages=HI, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+        list(client.chat.completions.create(model="deep", messages=HI, stream=True))
+    p = after(gw, 4)
+
+    req = "turnout_requests_total"
+    assert p.get(req, endpoint="chat", router="auto", route="lite", model="lite-model", status="200") == 1
+    assert p.get(req, endpoint="chat", router="auto", route="deep", model="deep-model", status="200") == 1
+    assert p.get(req, endpoint="chat", router="none", route="deep", model="deep-model", status="200") == 2
+    dec = "turnout_routing_decisions_total"
+    assert p.get(dec, router="auto", route="lite", strategy="fallback", reason="abstained") == 1
+    assert p.get(dec, router="auto", route="deep", strategy="explicit", reason="hint") == 1
+    assert p.get(dec, router="none", route="deep", strategy="explicit", reason="model") == 2
+    verdicts = "turnout_strategy_verdicts_total"
+    assert p.get(verdicts, router="auto", strategy="explicit", verdict="abstained") == 1
+    assert p.get(verdicts, router="auto", strategy="explicit", verdict="decided") == 1
+    assert p.get("turnout_decision_duration_seconds_count", strategy="fallback") == 1
+    assert p.get("turnout_decision_duration_seconds_count", strategy="explicit") == 3
+
+    tok = "turnout_tokens_total"
+    assert p.get(tok, model="lite-model", direction="input", source="reported") == 8
+    assert p.get(tok, model="lite-model", direction="output", source="reported") == 7
+    assert p.get(tok, model="deep-model", direction="input", source="reported") == 8 + 8  # JSON + include_usage
+    assert p.get(tok, model="deep-model", direction="output", source="reported") == 7 + 4
+    assert p.get(tok, model="deep-model", direction="output", source="estimated") == 4  # counted content deltas
+    assert p.get(tok, model="deep-model", direction="input", source="estimated") > 0
+    assert p.get("turnout_cost_total", model="lite-model", currency="USD") == pytest.approx((8 * 1 + 7 * 2) / 1e6)
+    assert p.total("turnout_cost_total", model="deep-model") == 0  # no prices, no cost series
+
+    assert p.get("turnout_time_to_first_token_seconds_count", model="deep-model") == 2
+    assert p.get("turnout_time_per_output_token_seconds_count", model="deep-model") == 2
+    assert p.total("turnout_time_to_first_token_seconds_count", model="lite-model") == 0  # JSON answers have none
+    ttft = p.get("turnout_time_to_first_token_seconds_sum", model="deep-model")
+    whole = p.get("turnout_request_duration_seconds_sum", route="deep", stream="true")
+    assert 0 < ttft <= whole
+    assert p.get("turnout_request_duration_seconds_count", route="lite", stream="false") == 1
+    assert p.get("turnout_upstream_duration_seconds_count", model="deep-model", outcome="ok") == 3
+    assert p.get("turnout_upstream_duration_seconds_bucket", model="deep-model", outcome="ok", le="+Inf") == 3
+    assert (
+        p.total("turnout_errors_total") == p.total("turnout_retries_total") == p.total("turnout_fallbacks_total") == 0
+    )
+    assert p.get("turnout_active_streams") == 0
+    assert p.total("turnout_cache_requests_total") == 0  # no cache yet: `off` is not counted
+
+
+def test_upstream_failures_count_errors_retries_and_fallbacks(
+    make_gateway: GatewayFactory, upstream: UpstreamThread
+) -> None:
+    gw = make_gateway(
+        upstreams={"quick": {"base_url": upstream.url, "first_byte_timeout_s": 0.2}},
+        models={"m-busy": {"upstream": "fake", "name": "fake?fault=429&retry_after=30"},
+                "m-timeout": {"upstream": "quick", "name": "fake?fault=slow&slow_ms=2000"}},
+        routes={"lite": {"targets": ["m-500", "lite-model"]}, "deep": {"targets": ["m-400"]},
+                "busy": {"targets": ["m-busy"]}, "stuck": {"targets": ["m-timeout"]},
+                "down": {"targets": ["dead-model"]}},
+    )  # fmt: skip
+    with sdk(gw) as client:
+        client.chat.completions.create(model="lite", messages=HI)  # m-500 twice, then lite-model answers
+        for model, error in (("deep", openai.BadRequestError), ("busy", openai.APIStatusError),
+                             ("stuck", openai.APIStatusError), ("down", openai.APIStatusError)):  # fmt: skip
+            with pytest.raises(error):
+                client.chat.completions.create(model=model, messages=HI)
+    httpx.post(gw.url + "/v1/chat/completions", content=b"{not json")
+    httpx.post(gw.url + "/v1/chat/completions", json={"model": "nope", "messages": HI})
+    p = after(gw, 7)
+
+    req = "turnout_requests_total"
+    assert p.get(req, endpoint="chat", router="none", route="lite", model="lite-model", status="200") == 1
+    assert p.get(req, endpoint="chat", router="none", route="deep", model="m-400", status="400") == 1
+    assert p.get(req, endpoint="chat", router="none", route="busy", model="m-busy", status="502") == 1
+    assert p.get(req, endpoint="chat", router="none", route="stuck", model="m-timeout", status="504") == 1
+    assert p.get(req, endpoint="chat", router="none", route="down", model="dead-model", status="502") == 1
+    assert p.get(req, endpoint="chat", router="none", route="none", model="none", status="400") == 1
+    assert p.get(req, endpoint="chat", router="none", route="none", model="none", status="404") == 1
+
+    errors = "turnout_errors_total"
+    assert p.get(errors, model="m-400", reason="upstream_4xx") == 1
+    assert p.get(errors, model="m-busy", reason="rate_limited") == 1
+    assert p.get(errors, model="m-timeout", reason="timeout") == 1
+    assert p.get(errors, model="dead-model", reason="connect") == 1
+    assert p.get(errors, model="none", reason="parse_error") == 2
+    assert p.total(errors) == 6  # the fallback that answered is not an error
+
+    up = "turnout_upstream_errors_total"
+    assert p.get(up, model="m-500", reason="upstream_5xx") == 2
+    assert p.get(up, model="m-400", reason="upstream_4xx") == 1
+    assert p.get(up, model="m-busy", reason="rate_limited") == 1  # Retry-After over the cap: no retry
+    assert p.get(up, model="m-timeout", reason="timeout") == 2
+    assert p.get(up, model="dead-model", reason="connect") == 2
+    assert p.get("turnout_retries_total", model="m-500") == 1
+    assert p.get("turnout_retries_total", model="m-timeout") == 1
+    assert p.get("turnout_retries_total", model="dead-model") == 1
+    assert p.get("turnout_fallbacks_total", route="lite", model="m-500") == 1
+    assert p.total("turnout_fallbacks_total") == 1
+    assert p.get("turnout_upstream_duration_seconds_count", model="m-500", outcome="error") == 2
+    assert p.get("turnout_upstream_duration_seconds_count", model="lite-model", outcome="ok") == 1
+    timeouts = p.get("turnout_upstream_duration_seconds_sum", model="m-timeout", outcome="error")
+    assert 0.4 <= timeouts < 1.5  # two attempts cut at first_byte_timeout_s 0.2
+
+
+def test_a_client_that_leaves_mid_stream_is_cancelled_and_the_stream_gauge_returns_to_zero(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = make_gateway(models={"long": {"upstream": "fake", "name": "fake?chunks=200&delay_ms=20"}},
+                      routes={"lite": {"targets": ["long"]}})  # fmt: skip
+    body = {"model": "lite", "messages": HI, "stream": True}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body) as r:
+        chunks = r.iter_raw()
+        next(chunks)
+        assert scrape(gw).get("turnout_active_streams") == 1
+        chunks.close()  # leaves: the connection closes mid-stream
+    p = after(gw, 1)
+    assert p.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="long",
+                 status="200") == 1  # fmt: skip
+    assert p.get("turnout_errors_total", model="long", reason="cancelled") == 1
+    assert p.get("turnout_active_streams") == 0
+    assert p.get("turnout_time_to_first_token_seconds_count", model="long") == 1
+    assert p.total("turnout_time_per_output_token_seconds_count") == 0  # a cut stream says nothing of the pace
+
+
+def test_judge_decisions_count_reason_codes_verdicts_and_classification_failures(
+    make_gateway: GatewayFactory,
+) -> None:
+    llm = {"strategies": ["explicit", "llm"], "routes": ["lite", "deep"], "fallback": "lite"}
+    gw = make_gateway(
+        models={"judge": {"upstream": "fake", "name": "fake?judge=1"}},
+        routers={"judged": {**llm, "llm": {"model": "judge"}}, "unjudged": {**llm, "llm": {"model": "dead-model"}}},
+    )
+    route = gw.url + "/v1/route"
+    with sdk(gw) as client:
+        client.chat.completions.create(model="judged", messages=[{"role": "user", "content": "route:deep"}])
+        client.chat.completions.create(model="unjudged", messages=HI)
+    httpx.post(route, json={"model": "judged", "text": "route:deep confidence:0.2"})
+    p = after(gw, 3)
+
+    dec = "turnout_routing_decisions_total"
+    assert p.get(dec, router="judged", route="deep", strategy="llm", reason="judged") == 1
+    assert p.get(dec, router="judged", route="lite", strategy="fallback", reason="low_confidence") == 1
+    assert p.get(dec, router="unjudged", route="lite", strategy="fallback", reason="failed") == 1
+    verdicts = "turnout_strategy_verdicts_total"
+    assert p.get(verdicts, router="judged", strategy="llm", verdict="decided") == 1
+    assert p.get(verdicts, router="judged", strategy="llm", verdict="below_threshold") == 1
+    assert p.get(verdicts, router="unjudged", strategy="llm", verdict="failed") == 1
+    assert p.get(verdicts, router="unjudged", strategy="explicit", verdict="abstained") == 1
+    assert p.get("turnout_errors_total", model="lite-model", reason="classification_failed") == 1
+    assert p.get("turnout_requests_total", endpoint="route", router="judged", route="lite", model="none",
+                 status="200") == 1  # fmt: skip
+    assert p.get("turnout_decision_duration_seconds_count", strategy="llm") == 1
+    assert "judge" not in {v for (_, labels) in p.series for _, v in labels}  # the judge is no answering model
+
+
+def test_passthrough_model_ids_collapse_to_other_and_the_page_stays_bounded(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(passthrough={"enabled": True, "upstream": "fake"})
+    ids = [f"client-model-{uuid.uuid4().hex}" for _ in range(40)]
+    with sdk(gw) as client:
+        for model in ids[:2]:
+            client.chat.completions.create(model=model, messages=HI)
+        first = after(gw, 2)
+        for model in ids[2:]:
+            client.chat.completions.create(model=model, messages=HI)
+    p = after(gw, 40)
+    assert set(p.series) == set(first.series)  # the same series, only their values moved
+    assert p.get("turnout_requests_total", endpoint="chat", router="none", route="passthrough", model="other",
+                 status="200") == 40  # fmt: skip
+    assert p.get("turnout_routing_decisions_total", router="none", route="passthrough", strategy="passthrough",
+                 reason="passthrough") == 40  # fmt: skip
+    assert p.get("turnout_tokens_total", model="other", direction="input", source="reported") == 40 * 8
+    assert not any(model in p.text for model in ids)
+
+
+def test_the_page_never_carries_prompt_text_or_keys(make_gateway: GatewayFactory) -> None:
+    client_key = "sk-turnout-client-key-98765"
+    gw = make_gateway(auth={"keys": [client_key]},
+                      routes={"deep": {"targets": ["m-401", "lite-model"]}})  # fmt: skip
+    with sdk(gw, client_key) as client:
+        client.chat.completions.create(model="auto", messages=HI)
+        client.chat.completions.create(model="deep", messages=HI)  # the upstream 401 names a key
+        list(client.chat.completions.create(model="lite", messages=HI, stream=True))
+    with sdk(gw, "sk-wrong-key-55555") as client, pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="auto", messages=HI)
+    p = after(gw, 4)
+    assert p.get("turnout_errors_total", model="none", reason="auth") == 1
+    for secret in (SECRET, UPSTREAM_KEY, client_key, "sk-wrong-key-55555", "sk-live-abcdef123456"):
+        assert secret not in p.text
+
+
+def test_the_page_is_valid_exposition_with_prometheus_names(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway()
+    with sdk(gw) as client:
+        list(client.chat.completions.create(model="auto", messages=HI, stream=True))
+    p = after(gw, 1)
+    assert {f.name for f in p.families} == {f.name for f in MetricsSink(gw.app.settings).registry.collect()}
+    for family in p.families:
+        assert re.fullmatch(r"turnout_[a-z_]+[a-z]", family.name), family.name
+        exposed = family.name + ("_total" if family.type == "counter" else "")
+        assert f"# HELP {exposed} " in p.text and f"# TYPE {exposed} {family.type}\n" in p.text
+        assert family.documentation.endswith(".")
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds")
+        if family.type == "counter":
+            assert all(s.name == family.name + "_total" for s in family.samples)
+        for s in family.samples:
+            assert all(re.fullmatch(r"[a-z_]+", k) for k in s.labels)
+    assert "# TYPE turnout_active_streams gauge" in p.text
+
+
+# --- the sink on its own: label bounding on records the gateway cannot produce yet ---------------
+
+
+def sink() -> MetricsSink:
+    return MetricsSink(validate(base_config("http://127.0.0.1:1/v1"), {}))
+
+
+def page_of(s: MetricsSink) -> Page:
+    body, content_type = s.render()
+    assert content_type.startswith("text/plain")
+    return Page(body.decode())
+
+
+def test_unknown_values_collapse_to_other_and_free_text_never_becomes_a_label() -> None:
+    s = sink()
+    rec = RequestRecord("r1", 0.0, "chat", 418, error="brand_new_reason", router="ghost", route="nowhere",
+                        model="gpt-secret-id", strategy="telepathy", reason=f"because {SECRET}",
+                        trace=[{"strategy": "mystery", "verdict": "pondered"}], cache="semantic_hit")  # fmt: skip
+    s.emit(rec)
+    p = page_of(s)
+    assert p.get("turnout_requests_total", endpoint="chat", router="other", route="other", model="other",
+                 status="4xx") == 1  # fmt: skip
+    assert p.get("turnout_errors_total", model="other", reason="other") == 1
+    assert p.get("turnout_routing_decisions_total", router="other", route="other", strategy="other",
+                 reason="other") == 1  # fmt: skip
+    assert p.get("turnout_strategy_verdicts_total", router="other", strategy="other", verdict="other") == 1
+    assert p.get("turnout_cache_requests_total", route="other", result="semantic_hit") == 1
+    for text in ("brand_new_reason", "ghost", "nowhere", "gpt-secret-id", "telepathy", SECRET, "mystery", "pondered"):
+        assert text not in p.text
+
+
+@pytest.mark.parametrize(("code", "label"), [(200, "200"), (429, "429"), (499, "499"), (418, "4xx"), (201, "2xx"),
+                                             (599, "5xx"), (99, "other"), (1000, "other")])  # fmt: skip
+def test_status_labels_are_a_fixed_set(code: int, label: str) -> None:
+    assert status_label(code) == label
+
+
+def test_each_sink_keeps_its_own_registry() -> None:
+    a, b = sink(), sink()
+    a.emit(RequestRecord("r1", 0.0, "chat", 200, route="lite", model="lite-model"))
+    a.stream_opened()
+    assert page_of(a).total("turnout_requests_total") == 1 and page_of(a).get("turnout_active_streams") == 1
+    assert page_of(b).total("turnout_requests_total") == 0 and page_of(b).get("turnout_active_streams") == 0
+
+
+# --- the dashboard and the docs name only metrics that exist ------------------------------------
+
+
+def sample_names(s: MetricsSink) -> dict[str, set[str]]:
+    """Every sample name the sink can write, with the label names it carries."""
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+    out: dict[str, set[str]] = {}
+    for family in s.families:
+        kind = "histogram" if isinstance(family, HistogramFamily) else "counter"
+        base = family.name.removesuffix("_total")
+        for suffix in suffixes[kind]:
+            out[base + suffix] = set(family.labels) | ({"le"} if suffix == "_bucket" else set())
+    out["turnout_active_streams"] = set()
+    return out
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads((ROOT / "deploy/grafana/turnout-dashboard.json").read_text())
+    assert [i["name"] for i in board["__inputs"]] == ["DS_PROMETHEUS"]
+    exprs: list[str] = [v["query"]["query"] for v in board["templating"]["list"] if v.get("type") == "query"]
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        exprs += [t["expr"] for t in panel["targets"]]
+    return exprs
+
+
+def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_sink_writes() -> None:
+    known = sample_names(sink())
+    queries = dashboard_queries()
+    assert len(queries) >= 12
+    for expr in queries:
+        used = re.findall(r"\bturnout_[a-z_]+", expr)
+        assert used, expr
+        labels = {"instance", "job"}  # the labels Prometheus adds to every scraped series
+        for name in used:
+            assert name in known, f"{name} (in `{expr}`) is not written by the sink"
+            labels |= known[name]
+        grouped = {x.strip() for g in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr)
+                   for x in g.split(",") if x.strip()}  # fmt: skip
+        selected = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)\s*\"", expr))
+        assert grouped | selected <= labels, f"unknown labels {(grouped | selected) - labels} in `{expr}`"
+
+
+def test_the_docs_describe_every_metric() -> None:
+    docs = (ROOT / "docs/metrics.md").read_text()
+    for family in sink().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in docs, name
