@@ -148,7 +148,7 @@ def test_upstream_failures_count_errors_retries_and_fallbacks(
     req = "turnout_requests_total"
     assert p.get(req, endpoint="chat", router="none", route="lite", model="lite-model", status="200") == 1
     assert p.get(req, endpoint="chat", router="none", route="deep", model="m-400", status="400") == 1
-    assert p.get(req, endpoint="chat", router="none", route="busy", model="m-busy", status="502") == 1
+    assert p.get(req, endpoint="chat", router="none", route="busy", model="m-busy", status="429") == 1
     assert p.get(req, endpoint="chat", router="none", route="stuck", model="m-timeout", status="504") == 1
     assert p.get(req, endpoint="chat", router="none", route="down", model="dead-model", status="502") == 1
     assert p.get(req, endpoint="chat", router="none", route="none", model="none", status="400") == 1

@@ -180,3 +180,11 @@ def test_retry_after_beyond_the_cap_means_move_on() -> None:
     assert proxy._wait_before_retry(UpstreamStatus("x", upstream_status=429, retry_after=5), 0) is None
     assert proxy._wait_before_retry(UpstreamStatus("x", upstream_status=429, retry_after=1.5), 0) == 1.5
     assert proxy._wait_before_retry(UpstreamStatus("x", upstream_status=500), 2) == 0.05 * 4
+
+
+def test_every_target_rate_limited_is_a_429(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(models={"busy": {"upstream": "fake", "name": "fake?fault=429&retry_after=30"}},
+                      routes={"lite": {"targets": ["busy"]}})  # fmt: skip
+    r = chat(gw.url, "lite")
+    assert r.status_code == 429
+    assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "rate_limit_exceeded"

@@ -15,7 +15,7 @@ TurnoutError                      500 api_error
 │   ├── UpstreamDropped           502 connection dropped
 │   └── UpstreamStatus            the upstream answered with an error status
 ├── UpstreamClientError           the upstream's own 4xx, passed through with its status
-└── AllTargetsFailed              502, or 504 when every attempt timed out
+└── AllTargetsFailed              502; 504 when every attempt timed out, 429 when all were rate limited
 """
 
 from __future__ import annotations
@@ -136,8 +136,13 @@ class AllTargetsFailed(TurnoutError):
         tried = "; ".join(f"`{target}`: {err.kind}" for target, err in attempts) or "no target was tried"
         super().__init__(f"every target of route `{route}` failed ({tried})")
         self.attempts = attempts
-        timeouts = [err for _, err in attempts if isinstance(err, UpstreamTimeout)]
-        self.status = 504 if attempts and len(timeouts) == len(attempts) else 502
+        kinds = {err.kind for _, err in attempts}
+        if kinds == {"timeout"}:
+            self.status = 504
+        elif kinds == {"rate_limited"}:  # every target is busy: say so, so clients back off
+            self.status, self.type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
+        else:
+            self.status = 502
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:

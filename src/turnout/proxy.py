@@ -160,8 +160,8 @@ class Proxy:
                     if not last and n < tries - 1 and wait > 0:
                         await asyncio.sleep(wait)
                     continue
-                except UpstreamClientError:
-                    attempts.append(Attempt(target.key, "upstream_4xx", None, _ms(start), _off(start, started)))
+                except UpstreamClientError as exc:
+                    attempts.append(Attempt(target.key, "upstream_4xx", exc.status, _ms(start), _off(start, started)))
                     self.health.ok(target.upstream)
                     raise
                 status = reply.status if isinstance(reply, JsonReply) else 200

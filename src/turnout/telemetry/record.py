@@ -21,8 +21,12 @@ ATTEMPT_ERRORS = {"timeout": "timeout", "connect": "connect", "dropped": "connec
 def error_kind(exc: BaseException) -> str:
     """A short, bounded reason for metrics and the audit log."""
     if isinstance(exc, AllTargetsFailed):
-        last = exc.attempts[-1][1].kind if exc.attempts else "connect"
-        return ATTEMPT_ERRORS.get(last, "upstream_5xx" if last.startswith("http_5") else "upstream_4xx")
+        if not exc.attempts:
+            return "other"
+        last = exc.attempts[-1][1].kind
+        if last in ATTEMPT_ERRORS:
+            return ATTEMPT_ERRORS[last]
+        return "upstream_4xx" if last in ("http_401", "http_403", "http_408") else "upstream_5xx"
     if isinstance(exc, UpstreamClientError):
         return "upstream_4xx"
     if isinstance(exc, AuthError):
