@@ -117,10 +117,32 @@ def summary(results, scenarios, max_other, target="turnout"):
     return out
 
 
+def overhead(results, max_other):
+    """Gateway CPU per request with telemetry (metrics + audit log) over without, per scenario and c."""
+    out = ["\n## telemetry overhead: gateway CPU ms/request, turnout (metrics + audit) vs turnout-bare (off)"]
+    for sc in dict.fromkeys(r["scenario"] for r in results if r["target"] == "turnout-bare"):
+        for c in sorted({r["conc"] for r in results if r["scenario"] == sc}):
+            cpu = {}
+            for t in ("turnout", "turnout-bare"):
+                rs = [r for r in results if (r["target"], r["scenario"], r["conc"]) == (t, sc, c)]
+                rs = [r for r in rs if r["other_cpu_pct"] <= max_other] or rs
+                xs = [r["gw_cpu_ms"] for r in rs if r.get("gw_cpu_ms") is not None]
+                cpu[t] = statistics.median(xs) if xs else None
+            on, off = cpu["turnout"], cpu["turnout-bare"]
+            if on and off:
+                verdict = "PASS" if on / off <= 1.10 else "MISS"
+                out.append(
+                    f"  {verdict} {sc} c={c}: {on:.3f} vs {off:.3f} ms  (+{100 * (on / off - 1):.1f} %, <= 10 %)"
+                )
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     ap.add_argument("--gatebench", default=os.path.join(REPO, "..", "shared", "gatebench"))
     ap.add_argument("--turnout", default=None, help="turnout executable (default: next to python, else on PATH)")
+    ap.add_argument("--telemetry-overhead", action="store_true",
+                    help="also run `turnout-bare` (telemetry off) and print the CPU telemetry adds")  # fmt: skip
     mine, rest = ap.parse_known_args()
     compare = load_compare(mine.gatebench)
     if "-h" in rest or "--help" in rest:
@@ -134,6 +156,12 @@ def main():
     serve = f"{shlex.quote(exe)} serve --config {shlex.quote(conf)} --port {{port}}"
     # ours first: compare's argparse keeps the last value of an option, so the caller's options win
     argv = [*DEFAULTS, "--gateway", f"turnout=env TURNOUT_BENCH_UPSTREAM={{upstream}} {serve}", *rest]
+    if mine.telemetry_overhead:
+        bare = serve.replace("turnout-bench.yaml", "turnout-bench-bare.yaml")
+        argv[len(DEFAULTS) + 2 : len(DEFAULTS) + 2] = [
+            "--gateway",
+            f"turnout-bare=env TURNOUT_BENCH_UPSTREAM={{upstream}} {bare}",
+        ]
     sys.argv = [os.path.join(mine.gatebench, "compare.py"), *argv]
     peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     peek.add_argument("--out", default="/tmp/gatebench")
@@ -147,6 +175,8 @@ def main():
     else:  # results.jsonl is appended to: keep this run's lines
         results = [r for r in read_jsonl(os.path.join(p.out, "results.jsonl")) if r["t"] >= t0]
     lines = summary(results, compare.SCENARIOS, p.max_other)
+    if mine.telemetry_overhead:
+        lines += overhead(results, p.max_other)
     print("\n".join(lines))
     if not p.report:
         with open(os.path.join(p.out, "turnout-summary.md"), "w") as f:
