@@ -1,18 +1,413 @@
-"""Placeholder replaced by the classifier work in progress."""
+"""The `classifier` strategy: a small linear model trained by `turnout train`, read from an `.npz` artifact.
+
+The model reads the classified text (`Features.text`, extracted exactly as at training time) through
+four blocks of features, concatenated:
+
+  dense   the sentence embedding from the configured encoder (shared with the semantic strategy)
+  chars   TF-IDF over character n-grams inside words; CJK runs count as words (Chinese, typos)
+  words   TF-IDF over word unigrams and bigrams
+  shape   length and structure: characters, words, lines, digits, numbers, maths, blanks, code
+
+Each block's scaling is folded into its weights at training time, so a decision costs one dictionary
+look-up per n-gram and a few small dot products once the embedding is known (well under 1 ms).
+
+Modes:
+  category  one output per route, softmax; the router applies `threshold` and `margin`.
+  cost      routes ordered cheap to strong; one sigmoid output per route: P(its answer is good).
+            A cheaper route is good enough unless it fails where a stronger one would not:
+            P(good enough) = 1 - (1 - P(good)) * max P(good) of the stronger routes.
+            The cheapest route whose P(good enough) clears `threshold` answers, else the strongest.
+            The threshold is applied here, so `policy` asks the router to apply none.
+
+The artifact is a plain `.npz` (no pickles: a pickle runs code when loaded), read with `allow_pickle=False`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
 from turnout.config import ClassifierConfig
-from turnout.encoders import EncoderSet
-from turnout.errors import ConfigError
+from turnout.encoders import EncoderSet, encode_one
+from turnout.errors import ClassificationFailed, ConfigError
+from turnout.features import CJK, CODE_WORDS
 from turnout.types import Decision, RequestContext
+
+log = logging.getLogger("turnout")
+
+FORMAT_VERSION = 1
+MODES = ("category", "cost")
+
+# --- features ---------------------------------------------------------------------------------
+
+_DIGITS = str.maketrans("0123456789", "0000000000")
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_MATHS = re.compile(r"[=+\-*/^<>≤≥≠√∫∑∏πθλμσ∞%$\\]")
+_BLANK = re.compile(r"_{2,}")
+
+
+def _normalise(text: str) -> str:
+    return _SPACE.sub(" ", text.lower().translate(_DIGITS)).strip()
+
+
+def char_grams(text: str, lo: int, hi: int) -> list[str]:
+    """Character n-grams of each whitespace-separated word, padded with spaces (sklearn's `char_wb`)."""
+    out: list[str] = []
+    for word in _normalise(text).split(" "):
+        padded = f" {word} "
+        size = len(padded)
+        for n in range(lo, min(hi, size) + 1):
+            out.extend(padded[i : i + n] for i in range(size - n + 1))
+    return out
+
+
+def word_grams(text: str, lo: int, hi: int) -> list[str]:
+    """Word n-grams; digits read as 0, so numbers generalise."""
+    words = _WORD.findall(_normalise(text))
+    out: list[str] = []
+    for n in range(lo, hi + 1):
+        out.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    return out
+
+
+def head_grams(text: str, lo: int, hi: int) -> list[str]:
+    """Character n-grams of the opening characters, where the ask usually is ("summarise the following...")."""
+    return char_grams(text[:HEAD_CHARS], lo, hi)
+
+
+HEAD_CHARS = 48
+ANALYZERS = {"chars": char_grams, "words": word_grams, "head": head_grams}
+
+SHAPE_NAMES = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "digit_share",
+    "log_numbers",
+    "log_maths",
+    "log_blanks",
+    "log_questions",
+    "cjk_share",
+    "upper_share",
+    "code",
+)
+
+
+def shape_features(text: str) -> np.ndarray:
+    """Length and structure of the text, in the order of SHAPE_NAMES."""
+    chars = max(1, len(text))
+    letters = sum(c.isalpha() for c in text) or 1
+    return np.array(
+        [
+            math.log1p(len(text)),
+            math.log1p(len(text.split())),
+            math.log1p(text.count("\n")),
+            sum(c.isdigit() for c in text) / chars,
+            math.log1p(len(_NUMBER.findall(text))),
+            math.log1p(len(_MATHS.findall(text))),
+            math.log1p(len(_BLANK.findall(text))),
+            math.log1p(text.count("?") + text.count("？")),
+            len(CJK.findall(text)) / chars,
+            sum(c.isupper() for c in text) / letters,
+            float(bool(CODE_WORDS.search(text)) or "```" in text),
+        ],
+        dtype=np.float32,
+    )
+
+
+@dataclass
+class Ngrams:
+    """One TF-IDF block: sublinear term frequency times idf, L2-normalised over the known n-grams."""
+
+    kind: str  # a key of ANALYZERS
+    lo: int
+    hi: int
+    terms: list[str]
+    idf: np.ndarray  # (terms,)
+    coef: np.ndarray  # (terms, outputs); empty until trained
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index = {t: i for i, t in enumerate(self.terms)}
+
+    def grams(self, text: str) -> list[str]:
+        return ANALYZERS[self.kind](text, self.lo, self.hi)
+
+    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Column indices and values of the text's TF-IDF row."""
+        counts = Counter(self.grams(text))
+        index = self.index
+        cols = np.fromiter((index.get(g, -1) for g in counts), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        known = cols >= 0
+        cols = cols[known]
+        values = (1.0 + np.log(tf[known])) * self.idf[cols]
+        norm = float(np.linalg.norm(values))
+        return cols, (values / norm if norm > 0 else values)
+
+    def logits(self, text: str) -> np.ndarray:
+        cols, values = self.row(text)
+        out: np.ndarray = values @ self.coef[cols]
+        return out
+
+
+# --- the model and its artifact -------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A linear model over the four feature blocks; what `turnout train` writes and the strategy reads."""
+
+    mode: str  # category | cost
+    labels: tuple[str, ...]  # routes; in cost mode ordered cheap to strong
+    encoder_id: str
+    dense: np.ndarray  # (dim, outputs)
+    blocks: list[Ngrams]
+    shape: np.ndarray  # (len(SHAPE_NAMES), outputs)
+    intercept: np.ndarray  # (outputs,)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    encoder_max_tokens: int = 0  # the encoder's input cap at training time (0: none); vectors depend on it
+
+    def logits(self, vector: np.ndarray, text: str) -> np.ndarray:
+        out: np.ndarray = self.intercept + vector @ self.dense + shape_features(text) @ self.shape
+        for block in self.blocks:
+            out = out + block.logits(text)
+        return out
+
+    def predict(self, vector: np.ndarray, text: str) -> np.ndarray:
+        """Category: P(label), summing to 1. Cost: P(the route's answer is good), per route."""
+        z = self.logits(vector, text).astype(np.float64)
+        if self.mode == "category":
+            e = np.exp(z - z.max())
+            p: np.ndarray = e / e.sum()
+            return p
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, Any] = {
+            "format_version": np.array(FORMAT_VERSION),
+            "mode": np.array(self.mode),
+            "labels": np.array(self.labels),
+            "encoder_id": np.array(self.encoder_id),
+            "encoder_max_tokens": np.array(self.encoder_max_tokens),
+            "dense": self.dense.astype(np.float32),
+            "shape_names": np.array(SHAPE_NAMES),
+            "shape": self.shape.astype(np.float32),
+            "intercept": self.intercept.astype(np.float32),
+            "blocks": np.array([f"{b.kind}:{b.lo}:{b.hi}" for b in self.blocks]),
+            "metadata": np.array(json.dumps(self.metadata, sort_keys=True)),
+        }
+        for i, b in enumerate(self.blocks):
+            arrays[f"block{i}_terms"] = np.frombuffer("\n".join(b.terms).encode(), dtype=np.uint8)
+            arrays[f"block{i}_idf"] = b.idf.astype(np.float32)
+            arrays[f"block{i}_coef"] = b.coef.astype(np.float32)
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as f:  # a file object: numpy adds no `.npz` to the name
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, target)  # a gateway reading the old artifact never sees half a file
+
+
+def _text(data: Any, key: str) -> str:
+    return str(data[key].item())
+
+
+def load_model(path: str | Path, where: str = "classifier.artifact") -> Model:
+    """Read an artifact; ConfigError (naming `where` and the fix) when it is missing, unreadable or stale."""
+    p = Path(path)
+    retrain = f"retrain it with `turnout train DATA.jsonl --out {p}`"
+    if not p.is_file():
+        raise ConfigError(f"{where}: artifact `{p}` does not exist; {retrain}")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            version = int(data["format_version"])
+            if version != FORMAT_VERSION:
+                raise ConfigError(
+                    f"{where}: artifact `{p}` has format version {version}; this turnout reads version "
+                    f"{FORMAT_VERSION}: {retrain}"
+                )
+            if tuple(data["shape_names"].tolist()) != SHAPE_NAMES:
+                raise ConfigError(f"{where}: artifact `{p}` was built with other shape features; {retrain}")
+            blocks = []
+            for i, spec in enumerate(data["blocks"].tolist()):
+                kind, lo, hi = spec.split(":")
+                blob = bytes(data[f"block{i}_terms"]).decode()
+                terms = blob.split("\n") if blob else []
+                blocks.append(Ngrams(kind, int(lo), int(hi), terms, data[f"block{i}_idf"], data[f"block{i}_coef"]))
+            model = Model(
+                mode=_text(data, "mode"),
+                labels=tuple(data["labels"].tolist()),
+                encoder_id=_text(data, "encoder_id"),
+                dense=data["dense"],
+                blocks=blocks,
+                shape=data["shape"],
+                intercept=data["intercept"],
+                metadata=json.loads(_text(data, "metadata")),
+                encoder_max_tokens=int(data["encoder_max_tokens"]),
+            )
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read artifact `{p}` ({type(exc).__name__}: {exc}); {retrain}") from None
+    problems = _shape_problems(model)
+    if problems:
+        raise ConfigError(f"{where}: artifact `{p}` is inconsistent ({problems}); {retrain}")
+    return model
+
+
+def _shape_problems(m: Model) -> str:
+    n = len(m.labels)
+    if m.mode not in MODES:
+        return f"unknown mode `{m.mode}`"
+    if len(m.labels) < 2 or len(set(m.labels)) != len(m.labels):
+        return "it needs at least two distinct labels"
+    if (
+        m.dense.ndim != 2
+        or m.dense.shape[1] != n
+        or m.shape.shape != (len(SHAPE_NAMES), n)
+        or m.intercept.shape != (n,)
+    ):
+        return "weights do not match the labels"
+    for b in m.blocks:
+        if b.kind not in ANALYZERS or b.coef.shape != (len(b.terms), n) or b.idf.shape != (len(b.terms),):
+            return f"n-gram block `{b.kind}` does not match its terms"
+    return ""
+
+
+def good_enough(quality: np.ndarray) -> np.ndarray:
+    """Cost mode, per route cheap to strong: P(no stronger route would succeed where this one fails).
+
+    Outcomes are treated as independent given the text; the strongest route is always good enough.
+    """
+    stronger = np.maximum.accumulate(quality[::-1])[::-1]  # best P(good) from each route up
+    out: np.ndarray = np.ones_like(quality)
+    out[:-1] = 1.0 - (1.0 - quality[:-1]) * stronger[1:]
+    return out
+
+
+def cost_choice(quality: np.ndarray, threshold: float) -> tuple[int, float]:
+    """The cheapest route whose P(good enough) clears the threshold, else the strongest.
+
+    Returns its index and the confidence: P(good enough) for a cheaper route; for the strongest,
+    P(a stronger route is needed) at the cheaper route closest to clearing the threshold.
+    """
+    enough = good_enough(quality)
+    for i, p in enumerate(enough[:-1]):
+        if p >= threshold:
+            return i, float(p)
+    return len(quality) - 1, 1.0 - float(enough[:-1].max())
+
+
+# --- the strategy ---------------------------------------------------------------------------------
+
+
+def encoder_max_tokens(encoder: Any) -> int:
+    """The input cap of a local encoder (its vectors depend on it); 0 when it has none."""
+    return int(getattr(encoder, "max_tokens", 0) or 0)
 
 
 class ClassifierStrategy:
     name = "classifier"
 
     def __init__(self, router: str, config: ClassifierConfig, encoders: EncoderSet) -> None:
-        raise ConfigError(f"routers.{router}.classifier: not available yet")
+        self.router = router
+        self.cfg = config
+        self.encoders = encoders
+        where = f"routers.{router}.classifier"
+        if config.encoder not in encoders.configs:
+            raise ConfigError(f"{where}.encoder: encoder `{config.encoder}` is not defined under `encoders`")
+        self.model = load_model(config.artifact, f"{where}.artifact")
+        encoder = encoders.get(config.encoder)
+        retrain = f"retrain with `turnout train --encoder {config.encoder}`"
+        if encoder.id != self.model.encoder_id:
+            raise ConfigError(
+                f"{where}.artifact: `{config.artifact}` was trained on encoder `{self.model.encoder_id}`, but "
+                f"encoder `{config.encoder}` is `{encoder.id}`; set `{where}.encoder` to a matching encoder "
+                f"or {retrain}"
+            )
+        cap, trained_cap = encoder_max_tokens(encoder), self.model.encoder_max_tokens
+        if cap != trained_cap:
+            raise ConfigError(
+                f"{where}.artifact: `{config.artifact}` was trained with the encoder's input capped at "
+                f"{trained_cap or 'no'} tokens, but `encoders.{config.encoder}.max_tokens` gives "
+                f"{cap or 'no cap'}; the vectors would differ: set it back or {retrain}"
+            )
+        digest = hashlib.sha256(Path(config.artifact).read_bytes()).hexdigest()[:12]
+        self.provenance = [f"artifact:{digest}"]
+        # The router holds category proposals to threshold and margin; cost mode applies its threshold here.
+        self.policy: tuple[float | None, float | None] = (
+            (config.threshold, config.margin) if self.model.mode == "category" else (None, None)
+        )
+        self._checked: tuple[str, ...] | None = None
+        self._warned = False
+
+    async def start(self) -> None:
+        """Load the encoder now, so the first request does not pay for it."""
+        try:
+            await self.encoders.get(self.cfg.encoder).encode(["warm up"])
+        except Exception as exc:  # a remote encoder that is down fails open at request time
+            log.warning("router `%s`: classifier encoder did not warm up (%s)", self.router, type(exc).__name__)
+
+    def _check_routes(self, routes: tuple[str, ...]) -> None:
+        if self._checked == routes:
+            return
+        foreign = [label for label in self.model.labels if label not in routes]
+        if foreign:
+            names = ", ".join(f"`{x}`" for x in foreign)
+            message = (f"router `{self.router}`: classifier labels {names} are not routes of this router; "
+                       "retrain with route names as labels")  # fmt: skip
+            if not self._warned:  # said once in the log; every request still records the failure
+                log.error("%s", message)
+                self._warned = True
+            raise ClassificationFailed(message, code="labels_not_routes")
+        self._checked = routes
+
+    async def _embedding(self, ctx: RequestContext) -> np.ndarray:
+        assert ctx.features is not None
+        name = self.cfg.encoder
+        encoder = self.encoders.get(name)
+        timeout = self.encoders.timeout(name)
+        try:
+            return await ctx.features.embedding(name, lambda t: encode_one(encoder, t, timeout))
+        except TimeoutError as exc:
+            raise ClassificationFailed(f"encoder `{name}` timed out", code="encoder_timeout") from exc
+        except Exception as exc:  # any encoder failure fails open; the router records it
+            raise ClassificationFailed(f"encoder `{name}` failed ({type(exc).__name__})", code="encoder_error") from exc
 
     async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
-        return None
+        features = ctx.features
+        if features is None or not features.text.strip():
+            return None
+        self._check_routes(routes)
+        vector = await self._embedding(ctx)
+        m = self.model
+        probs = m.predict(vector, features.text)
+        if m.mode == "category":
+            scores = {label: round(float(p), 4) for label, p in zip(m.labels, probs, strict=True)}
+            best = int(np.argmax(probs))
+            route, confidence = m.labels[best], float(probs[best])
+            reason = f"classifier: `{route}` most likely"
+        else:
+            scores = {label: round(float(p), 4) for label, p in zip(m.labels, probs, strict=True)}
+            best, confidence = cost_choice(probs, self.cfg.threshold)
+            route = m.labels[best]
+            t = self.cfg.threshold
+            if best == len(m.labels) - 1:
+                reason = f"classifier: no cheaper route is good enough (P >= {t}); P(stronger needed) {confidence:.3f}"
+            else:
+                reason = f"classifier: `{route}` is the cheapest route good enough (P {confidence:.3f} >= {t})"
+        return Decision(route=route, strategy=self.name, confidence=round(confidence, 4), reason=reason,
+                        scores=scores, provenance=list(self.provenance))  # fmt: skip
