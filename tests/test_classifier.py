@@ -20,11 +20,14 @@ from turnout.features import Features
 from turnout.router import Router
 from turnout.sessions import SessionRoutes
 from turnout.strategies.classifier import (
+    ANALYZERS,
+    HASHERS,
     ClassifierStrategy,
     cost_choice,
     encoder_max_tokens,
     good_enough,
     load_model,
+    term_hashes,
 )
 from turnout.training import Row, embed, text_of, train
 from turnout.types import RequestContext
@@ -203,6 +206,24 @@ def test_a_broken_encoder_fails_open(encoders: EncoderSet, tmp_path: Path, categ
 
 def test_an_empty_text_abstains(category_artifact: Path, encoders: EncoderSet) -> None:
     assert asyncio.run(strategy(category_artifact, encoders).decide(ctx_for("   "), ("math", "code", "chat"))) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a",
+        "Hello,  World!\n2x + 3 = 9",
+        "你好，世界。今天天气怎么样？",
+        "x\u00a0y\tz  w",
+        "straße İstanbul 😀",
+        "ab " * 40,
+    ],
+)
+def test_hashed_ngrams_are_exactly_the_string_ngrams_training_counted(text: str) -> None:
+    for kind, (lo, hi) in [("chars", (2, 4)), ("chars", (1, 5)), ("words", (1, 3)), ("head", (1, 3))]:
+        grams = ANALYZERS[kind](text, lo, hi)
+        assert sorted(term_hashes(grams).tolist()) == sorted(HASHERS[kind](text, lo, hi).tolist()), (kind, lo, hi)
 
 
 # --- loading -------------------------------------------------------------------------------
