@@ -86,3 +86,11 @@ def test_sentence_transformers_without_the_package_says_how_to_install(tmp_path:
         with pytest.raises(ConfigError, match="pip install sentence-transformers"):
             asyncio.run(enc.encode(["x"]))
     asyncio.run(encoders.close())
+
+
+def test_the_input_cap_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    short, long = CountingEncoder(), CountingEncoder()
+    short.max_tokens, long.max_tokens = 16, 64  # type: ignore[attr-defined]
+    asyncio.run(EmbeddingCache(tmp_path).embed(short, ["a"]))
+    asyncio.run(EmbeddingCache(tmp_path).embed(long, ["a"]))
+    assert short.seen == ["a"] and long.seen == ["a"]  # not served from the other cap's vectors

@@ -105,14 +105,16 @@ class EmbeddingCache:
 
     async def embed(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
         """Vectors for texts, from the cache where present; new ones are computed in one batch and saved."""
-        table = self._load(encoder.id)
+        # The input cap changes the vectors: it is part of the cache key.
+        key_id = f"{encoder.id}|max_tokens={getattr(encoder, 'max_tokens', '')}"
+        table = self._load(key_id)
         keys = [self._key(t) for t in texts]
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in table}.items())
         if missing:
             vectors = await encoder.encode([t for _, t in missing])
             for (k, _), v in zip(missing, vectors, strict=True):
                 table[k] = np.asarray(v, dtype=np.float32)
-            self._save(encoder.id, table)
+            self._save(key_id, table)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([table[k] for k in keys]).astype(np.float32)
