@@ -37,6 +37,7 @@ from turnout.evaluate import (
     Progress,
     add_common_arguments,
     decide_cases,
+    guarded,
     open_gateway,
     pick_router,
     read_cases,
@@ -368,11 +369,7 @@ def parse_targets(values: Sequence[str], routes: Sequence[str], router: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except EvalError as exc:
-        print(f"turnout: {exc.message}", file=sys.stderr)
-        return 2
+    return guarded(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,12 +482,17 @@ def pick_pair(config: RouterConfig, router: str, strong: str | None, cheap: str 
     return strong, cheap
 
 
-def run(args: argparse.Namespace) -> int:
+def guarded(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command body; bad data or arguments print one line and exit 2 (other errors: `cli.main`)."""
     try:
-        return _run(args)
+        return body(args)
     except EvalError as exc:
         print(f"turnout: {exc.message}", file=sys.stderr)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    return guarded(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

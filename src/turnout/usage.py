@@ -127,6 +127,17 @@ def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> di
             continue  # no grouping and no rows: one row of NULLs
         entry["savings_usd"] = entry["baseline_cost_usd"] - entry["cost_usd"]
         data.append(_rounded(entry))
+    return usage_page(q, data)
+
+
+def _rounded(entry: dict[str, Any]) -> dict[str, Any]:
+    for key in MONEY:
+        entry[key] = round(entry[key] or 0.0, 9)
+    return entry
+
+
+def usage_page(q: UsageQuery, data: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's shape, with totals over `data`."""
     total = {key: sum(d[key] for d in data) for key in SUMS}
     return {
         "object": "turnout.usage",
@@ -139,22 +150,8 @@ def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> di
     }
 
 
-def _rounded(entry: dict[str, Any]) -> dict[str, Any]:
-    for key in MONEY:
-        entry[key] = round(entry[key] or 0.0, 9)
-    return entry
-
-
 def empty_report(q: UsageQuery) -> dict[str, Any]:
-    return {
-        "object": "turnout.usage",
-        "since": q.since.isoformat() if q.since else None,
-        "until": q.until.isoformat() if q.until else None,
-        "group_by": list(q.group_by),
-        "currency": "USD",
-        "data": [],
-        "total": _rounded(dict.fromkeys(SUMS, 0)),
-    }
+    return usage_page(q, [])
 
 
 def _report(settings: Settings, q: UsageQuery) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from turnout.config import EncoderConfig
 from turnout.encoders.local import SentenceTransformerEncoder, USEEncoder
 from turnout.encoders.remote import RemoteEncoder
-from turnout.errors import ConfigError
+from turnout.errors import ClassificationFailed, ConfigError
 from turnout.types import Encoder, Upstream
 
 log = logging.getLogger("turnout")
@@ -118,6 +119,19 @@ class EmbeddingCache:
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([table[k] for k in keys]).astype(np.float32)
+
+
+@contextmanager
+def failing_open(encoder: str) -> Iterator[None]:
+    """Turn any encoder failure into ClassificationFailed: the router records it and fails open."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise ClassificationFailed(f"encoder `{encoder}` timed out", code="encoder_timeout") from exc
+    except ClassificationFailed:
+        raise
+    except Exception as exc:
+        raise ClassificationFailed(f"encoder `{encoder}` failed ({type(exc).__name__})", code="encoder_error") from exc
 
 
 async def encode_one(encoder: Encoder, text: str, timeout_s: float) -> np.ndarray:

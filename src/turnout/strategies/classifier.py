@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from turnout.config import ClassifierConfig
-from turnout.encoders import EncoderSet, encode_one
+from turnout.encoders import EncoderSet, encode_one, failing_open
 from turnout.errors import ClassificationFailed, ConfigError
 from turnout.features import CJK, CODE_WORDS
 from turnout.types import Decision, RequestContext
@@ -530,12 +530,8 @@ class ClassifierStrategy:
         name = self.cfg.encoder
         encoder = self.encoders.get(name)
         timeout = self.encoders.timeout(name)
-        try:
+        with failing_open(name):
             return await ctx.features.embedding(name, lambda t: encode_one(encoder, t, timeout))
-        except TimeoutError as exc:
-            raise ClassificationFailed(f"encoder `{name}` timed out", code="encoder_timeout") from exc
-        except Exception as exc:  # any encoder failure fails open; the router records it
-            raise ClassificationFailed(f"encoder `{name}` failed ({type(exc).__name__})", code="encoder_error") from exc
 
     async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
         features = ctx.features

@@ -12,8 +12,7 @@ import numpy as np
 
 from turnout.banks import bank
 from turnout.config import RouterConfig, Settings
-from turnout.encoders import EmbeddingCache, EncoderSet, encode_one
-from turnout.errors import ClassificationFailed
+from turnout.encoders import EmbeddingCache, EncoderSet, encode_one, failing_open
 from turnout.sparse import SparseIndex
 from turnout.types import Decision, RequestContext
 
@@ -78,15 +77,11 @@ class SemanticStrategy:
             return None
         encoder = self.encoders.get(self.cfg.encoder)
         timeout = self.encoders.timeout(self.cfg.encoder)
-        try:
+        with failing_open(self.cfg.encoder):
             if self.vectors is None:  # not embedded at start-up (the encoder was down then): try now
                 await self.start()
             query = await features.embedding(self.cfg.encoder, lambda t: encode_one(encoder, t, timeout))
-        except TimeoutError as exc:
-            raise ClassificationFailed(f"encoder `{self.cfg.encoder}` timed out", code="encoder_timeout") from exc
-        except Exception as exc:  # any encoder failure fails open; the router records it
-            raise ClassificationFailed(f"encoder `{self.cfg.encoder}` failed ({type(exc).__name__})",
-                                       code="encoder_error") from exc  # fmt: skip
+        assert self.vectors is not None
         scores, best = self.scores(self.vectors @ query, features.text)
         ranked = sorted(scores, key=lambda r: -scores[r])
         top = ranked[0]

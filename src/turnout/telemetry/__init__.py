@@ -8,7 +8,7 @@ affects the request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from turnout.config import Settings
@@ -23,17 +23,16 @@ class Telemetry:
         self.review = review  # the opt-in prompt review log; None unless configured
         self._broken: set[int] = set()
 
+    def _hooks(self, name: str) -> list[Callable[[], None]]:
+        return [hook for sink in self.sinks if (hook := getattr(sink, name, None)) is not None]
+
     def stream_opened(self) -> None:
-        for sink in self.sinks:
-            hook = getattr(sink, "stream_opened", None)
-            if hook is not None:
-                hook()
+        for hook in self._hooks("stream_opened"):
+            hook()
 
     def stream_closed(self) -> None:
-        for sink in self.sinks:
-            hook = getattr(sink, "stream_closed", None)
-            if hook is not None:
-                hook()
+        for hook in self._hooks("stream_closed"):
+            hook()
 
     def exposition(self) -> tuple[bytes, str] | None:
         """The Prometheus text page, or None when metrics are off."""
