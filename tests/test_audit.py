@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
 from turnout.config import validate
-from turnout.telemetry.audit import MIGRATIONS, AuditSink, connect, migrate
+from turnout.telemetry.audit import BATCH, MIGRATIONS, AuditSink, connect, migrate
 from turnout.telemetry.review import PromptReviewLog
 
 SECRET = "the-launch-code-is-0000"
@@ -82,7 +82,7 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
 
 def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:
     gw = make_gateway(runtime_dir=str(tmp_path), telemetry={"audit": {"flush_s": 60}})  # only close() writes
-    n = 300
+    n = BATCH - 1  # one short of a full batch: nothing wakes the writer before close()
 
     def post(http: httpx.Client) -> int:
         return http.post("/v1/chat/completions", json={"model": "lite", "messages": HI}).status_code

@@ -235,10 +235,14 @@ class App:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = os.urandom(16).hex()  # uuid4().hex costs ~3x more and says nothing more
+        wall = time.time()
+        # 32 hex digits: milliseconds since the epoch, then 80 random bits. Time-ordered ids sort like the
+        # requests and keep the audit log's request_id index append-only (random ids cost ~3 us more
+        # per row there); uuid4().hex costs ~3x more and says nothing more.
+        request_id = f"{int(wall * 1000):012x}{os.urandom(10).hex()}"
         scope["turnout.request_id"] = request_id
         scope["turnout.t0"] = time.perf_counter()
-        scope["turnout.wall"] = time.time()
+        scope["turnout.wall"] = wall
         methods = self._routes.get(scope["path"].rstrip("/") or "/")
         try:
             await self._dispatch(scope, receive, send, methods, request_id)

@@ -7,9 +7,10 @@ words, which may paraphrase the prompt, so only a bounded code is stored (`llm_v
 
 The request path never waits for a disk:
 
-    emit(record)    appends the record to an in-memory deque and returns: no I/O, no serialisation
-    writer thread   every `flush_s`, or as soon as BATCH records wait, turns records into rows, inserts
-                    them with one executemany in one transaction, then appends the JSONL lines
+    emit(record)    turns the record into its row (a tuple; a few microseconds) and appends it to an
+                    in-memory deque: no I/O, no lock
+    writer thread   every `flush_s`, or as soon as BATCH rows wait, inserts them in one transaction with
+                    multi-row INSERTs (see insert_many), then appends the JSONL lines
     close()         the writer writes everything still queued, then stops: a clean shutdown loses nothing
 
 A writer that falls MAX_QUEUED records behind (a stuck disk) drops new records and counts them rather
@@ -27,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -41,7 +42,7 @@ from turnout.types import RequestRecord
 log = logging.getLogger("turnout")
 
 FLUSH_S = 0.5  # the longest a record waits in memory (`telemetry.audit.flush_s` for the audit log)
-BATCH = 500  # rows per transaction; a full batch wakes the writer at once
+BATCH = 64  # rows per transaction; a full batch wakes the writer at once
 MAX_QUEUED = 100_000
 PURGE_EVERY_S = 3600.0
 BUSY_TIMEOUT_MS = 5000  # several worker processes share one file
@@ -107,7 +108,6 @@ COLUMNS = (
     "tokens_estimated", "cost_usd", "cache", "guards",
 )  # fmt: skip
 JSON_COLUMNS = frozenset({"scores", "provenance", "trace", "attempts", "guards"})
-INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 # --- paths, days and reading ------------------------------------------------------------------
@@ -312,9 +312,32 @@ class BackgroundWriter(Generic[T]):
         conn.execute(f"DELETE FROM {self.table} WHERE ts < ?", (time.time() - self.retention_s,))
 
 
-def insert_many(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+CHUNKS = (256, 64, 16, 4, 1)  # rows per INSERT statement; 256 x 29 columns stays under SQLite's 32,766 variables
+
+
+@functools.lru_cache(maxsize=32)
+def multi_insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    row = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+
+
+Row = tuple[Any, ...]
+
+
+def insert_many(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]) -> None:
+    """All rows in one transaction, up to 256 rows per statement.
+
+    Not executemany: it releases and retakes the GIL around every row's sqlite3_step, and with the event
+    loop busy on the same core each of those hand-offs between the writer thread and the loop cost more
+    CPU than the insert itself (measured under load: ~65 us per row with executemany, see
+    docs/telemetry.md). Multi-row statements take the GIL back a handful of times per batch."""
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(sql, rows)
+    done, total = 0, len(rows)
+    for size in CHUNKS:
+        while total - done >= size:
+            flat = [value for row in rows[done : done + size] for value in row]
+            conn.execute(multi_insert(table, columns, size), flat)
+            done += size
     conn.execute("COMMIT")
 
 
@@ -342,21 +365,20 @@ def dumps(value: Any, option: int = 0) -> bytes:
     return orjson.dumps(value, default=str, option=option | orjson.OPT_SERIALIZE_NUMPY)
 
 
+_EMPTY: dict[type, str] = {list: "[]", dict: "{}"}
+
+
 def _json(value: Any) -> str:
-    return dumps(value).decode()
+    return dumps(value).decode() if value else _EMPTY.get(type(value), "null")
 
 
 def audit_row(r: RequestRecord) -> tuple[Any, ...]:
-    """A record's row, in COLUMNS order: the metadata and nothing else."""
-    attempts = [
-        {"target": a.target, "error": a.error, "status": a.status, "elapsed_ms": round(a.elapsed_ms, 3),
-         "started_ms": round(a.started_ms, 3)}
-        for a in r.attempts
-    ]  # fmt: skip
+    """A record's row, in COLUMNS order: the metadata and nothing else. Attempts are dataclasses whose
+    fields are the stored keys (times already rounded), so orjson writes them as they are."""
     return (
         r.started_at, utc_day(r.started_at), r.request_id, r.endpoint, r.status, r.error, r.router, r.route,
         r.model, r.upstream, r.strategy, stored_reason(r), _num(r.confidence), _num(r.threshold),
-        _num(r.margin), _json(r.scores), _json(r.provenance), _json(r.trace), r.decision_ms, _json(attempts),
+        _num(r.margin), _json(r.scores), _json(r.provenance), _json(r.trace), r.decision_ms, _json(r.attempts),
         r.stream, r.latency_ms, r.ttft_ms, r.prompt_tokens, r.completion_tokens, r.tokens_estimated,
         r.cost_usd, r.cache, _json(r.guards),
     )  # fmt: skip
@@ -371,15 +393,6 @@ def jsonl_line(row: tuple[Any, ...]) -> bytes:
     entry = {c: embed(v) if c in JSON_COLUMNS else v for c, v in zip(COLUMNS, row, strict=True)}
     entry["stream"], entry["tokens_estimated"] = bool(entry["stream"]), bool(entry["tokens_estimated"])
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
-
-
-def _built(batch: list[RequestRecord], keep: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    """Rows built one by one as SQLite asks for them (kept for the JSONL copy). SQLite releases the GIL
-    for every row it inserts, so the event loop never waits for a whole batch's conversion."""
-    for record in batch:
-        row = audit_row(record)
-        keep.append(row)
-        yield row
 
 
 class RotatingJsonl:
@@ -428,7 +441,7 @@ class RotatingJsonl:
 # --- the sink ------------------------------------------------------------------------------------
 
 
-class AuditSink(BackgroundWriter[RequestRecord]):
+class AuditSink(BackgroundWriter[tuple[Any, ...]]):
     table = "requests"
     migrations = MIGRATIONS
     what = "audit log"
@@ -440,7 +453,10 @@ class AuditSink(BackgroundWriter[RequestRecord]):
         self.cfg = cfg
         self.jsonl: RotatingJsonl | None = None
 
-    emit = BackgroundWriter.put  # the Sink method: the same deque append, without a second call
+    def emit(self, record: RequestRecord) -> None:
+        """The row is built here, on the loop (a few microseconds), so the writer thread holds the GIL
+        only to hand whole batches to SQLite."""
+        self.put(audit_row(record))
 
     def opened(self) -> None:
         if self.cfg.jsonl_path:
@@ -450,11 +466,10 @@ class AuditSink(BackgroundWriter[RequestRecord]):
         if self.jsonl is not None:
             self.jsonl.close()
 
-    def write(self, conn: sqlite3.Connection, batch: list[RequestRecord]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        insert_many(conn, INSERT, _built(batch, rows))
+    def write(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
+        insert_many(conn, self.table, COLUMNS, batch)
         if self.jsonl is not None:
             try:
-                self.jsonl.write([jsonl_line(row) for row in rows])
+                self.jsonl.write([jsonl_line(row) for row in batch])
             except OSError:  # the rows are in SQLite; a JSONL failure must not write them twice
                 log.exception("audit log: writing `%s` failed", self.jsonl.path)

@@ -46,10 +46,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
-INSERT = (
-    "INSERT INTO prompts (ts, day, request_id, endpoint, router, route, model, messages, params) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+COLUMNS = ("ts", "day", "request_id", "endpoint", "router", "route", "model", "messages", "params")
 
 
 def review_path(settings: Settings) -> Path:
@@ -153,4 +150,4 @@ class PromptReviewLog(BackgroundWriter[tuple[RequestRecord, dict[str, Any]]]):
             )
             for r, body in batch
         ]
-        insert_many(conn, INSERT, rows)
+        insert_many(conn, self.table, COLUMNS, rows)
