@@ -233,7 +233,7 @@ def test_artifact_is_a_plain_npz_with_its_provenance(category_artifact: Path) ->
     with np.load(category_artifact, allow_pickle=False) as data:
         assert int(data["format_version"]) == 1 and str(data["mode"]) == "category"
         assert sorted(data["labels"].tolist()) == ["chat", "code", "math"]
-        assert str(data["encoder_id"]) == "use-multilingual-v3"
+        assert str(data["encoder_id"]) == "use-multilingual-v3-spm"
     model = load_model(category_artifact)
     assert model.metadata["rows"] == 30 and model.metadata["trained_at"]
 
@@ -244,7 +244,7 @@ def test_artifact_is_a_plain_npz_with_its_provenance(category_artifact: Path) ->
         ("missing", r"artifact `.*nope.npz` does not exist; retrain it with `turnout train"),
         ("garbage", r"cannot read artifact `.*garbage.npz`"),
         ("version", r"has format version 99; this turnout reads version 1"),
-        ("encoder", r"trained on encoder `other-encoder`, but encoder `default` is `use-multilingual-v3`"),
+        ("encoder", r"trained on encoder `other-encoder`, but encoder `default` is `use-multilingual-v3-spm`"),
         ("labels", r"is inconsistent \(weights do not match the labels\)"),
     ],
 )

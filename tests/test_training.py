@@ -103,7 +103,7 @@ def test_train_command_writes_an_artifact_and_a_summary(tmp_path: Path, capsys: 
     assert main(["train", str(data), "--out", str(out), "--holdout", "0.25", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["mode"] == "category" and summary["labels"] == ["chat", "math"] and summary["rows"] == 12
-    assert summary["encoder_id"] == "use-multilingual-v3" and summary["holdout"]["rows"] >= 3
+    assert summary["encoder_id"] == "use-multilingual-v3-spm" and summary["holdout"]["rows"] >= 3
     assert 0 <= summary["holdout"]["accuracy"] <= 1
     model = load_model(out)
     assert model.metadata["source"] == "cases.jsonl" and model.metadata["label_counts"] == {"chat": 6, "math": 6}

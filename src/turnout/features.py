@@ -7,12 +7,15 @@ signals. The sentence embedding is computed at most once per encoder and shared 
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from turnout.encoders import EncoderCall
 
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 SCRIPTS = (
@@ -98,6 +101,12 @@ def estimate_tokens(text: str) -> int:
     return cjk + (len(text) - cjk) // 4
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """A prefetched vector nobody awaited may have failed: read its exception so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Features:
     """Lazily computed facts about one request; nothing is computed that no strategy asks for."""
 
@@ -106,6 +115,7 @@ class Features:
         self.window = window
         self.max_chars = max_chars
         self._embeddings: dict[str, np.ndarray] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}  # started by prefetch, not yet awaited
 
     @cached_property
     def messages(self) -> list[dict[str, Any]]:
@@ -211,9 +221,25 @@ class Features:
             "intents": self.intents,
         }
 
-    async def embedding(self, encoder: str, compute: Callable[[str], Awaitable[np.ndarray]]) -> np.ndarray:
+    def prefetch(self, encoder: str, call: EncoderCall) -> None:
+        """Start computing the text's vector from `encoder` now, so that the strategies before the one
+        that needs it (rules, sparse scoring) run while the encoder works on its own thread."""
+        if encoder not in self._embeddings and encoder not in self._pending and self.text.strip():
+            fut = call.start(self.text)
+            fut.add_done_callback(_retrieve)
+            self._pending[encoder] = fut
+
+    async def embedding(self, encoder: str, call: EncoderCall) -> np.ndarray:
         """The text's vector from `encoder`, computed at most once per request."""
         vec = self._embeddings.get(encoder)
         if vec is None:
-            vec = self._embeddings[encoder] = await compute(self.text)
+            fut = self._pending.pop(encoder, None) or call.start(self.text)
+            vec = self._embeddings[encoder] = await call.finish(fut)
         return vec
+
+    def drop_prefetched(self) -> None:
+        """Cancel vectors started for strategies that never ran (an earlier one decided): a job not yet
+        begun on the encoder's thread is dropped."""
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()

@@ -11,6 +11,7 @@ Every strategy's verdict and time goes into the decision's trace.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class Router:
         self.route_thresholds = dict(route_thresholds or {})
         # Routers that only honour explicit hints skip feature extraction: it is the hot path.
         self.reads_text = any(s.name != "explicit" for s in strategies)
+        self._prefetchers = [p for s in strategies if (p := getattr(s, "prefetch", None)) is not None]
 
     def features(self, ctx: RequestContext) -> Features:
         if ctx.features is None:
@@ -141,7 +143,15 @@ class Router:
         if decision is None:
             if self.reads_text:
                 self.features(ctx)
+            prefetched = False
             for strategy in self.strategies:
+                if not prefetched and strategy.name != "explicit":
+                    # past the free hints: encoders start on their threads now, rules run while they work
+                    prefetched = True
+                    for prefetch in self._prefetchers:
+                        # an encoder that cannot start fails again inside the strategy's fail-open guard
+                        with contextlib.suppress(Exception):
+                            prefetch(ctx)
                 t0 = time.perf_counter()
                 try:
                     proposal = await strategy.decide(ctx, self.routes)
@@ -177,6 +187,8 @@ class Router:
                 decision.scores = nearest.scores
                 decision.threshold, decision.margin = nearest.threshold, nearest.margin
                 decision.provenance = nearest.provenance
+        if ctx.features is not None:
+            ctx.features.drop_prefetched()
         decision.router = self.name
         decision.strategy_ms = timings
         decision.trace = trace

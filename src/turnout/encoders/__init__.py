@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,9 @@ class EncoderSet:
 
     def timeout(self, name: str) -> float:
         return self.configs[name].timeout_s
+
+    def call(self, name: str) -> EncoderCall:
+        return EncoderCall(self.get(name), self.timeout(name))
 
     async def close(self) -> None:
         for enc in self._built.values():
@@ -134,7 +138,30 @@ def failing_open(encoder: str) -> Iterator[None]:
         raise ClassificationFailed(f"encoder `{encoder}` failed ({type(exc).__name__})", code="encoder_error") from exc
 
 
+class EncoderCall:
+    """One encoder with its timeout, split in two so a request's embedding can start early.
+
+    `start(text)` hands the work over now: an encoder with a thread of its own (`submit`) gets the job
+    at once, so whatever the event loop does next (rules, sparse scoring) overlaps it; any other encoder
+    runs as a task from the loop's next turn. `finish(future)` waits for it under the timeout."""
+
+    def __init__(self, encoder: Encoder, timeout_s: float) -> None:
+        self.encoder = encoder
+        self.timeout_s = timeout_s
+
+    def start(self, text: str) -> asyncio.Future[Any]:
+        submit = getattr(self.encoder, "submit", None)
+        if submit is not None:
+            fut: asyncio.Future[Any] = submit([text])
+            return fut
+        return asyncio.ensure_future(self.encoder.encode([text]))
+
+    async def finish(self, fut: asyncio.Future[Any]) -> np.ndarray:
+        async with asyncio.timeout(self.timeout_s):
+            vectors = await fut
+        return np.asarray(vectors[0], dtype=np.float32)
+
+
 async def encode_one(encoder: Encoder, text: str, timeout_s: float) -> np.ndarray:
-    async with asyncio.timeout(timeout_s):
-        vectors = await encoder.encode([text])
-    return np.asarray(vectors[0], dtype=np.float32)
+    call = EncoderCall(encoder, timeout_s)
+    return await call.finish(call.start(text))

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from turnout.config import ClassifierConfig
-from turnout.encoders import EncoderSet, encode_one, failing_open
+from turnout.encoders import EncoderSet, failing_open
 from turnout.errors import ClassificationFailed, ConfigError
 from turnout.features import CJK, CODE_WORDS
 from turnout.types import Decision, RequestContext
@@ -525,13 +525,15 @@ class ClassifierStrategy:
             raise ClassificationFailed(message, code="labels_not_routes")
         self._checked = routes
 
+    def prefetch(self, ctx: RequestContext) -> None:
+        if ctx.features is not None:
+            ctx.features.prefetch(self.cfg.encoder, self.encoders.call(self.cfg.encoder))
+
     async def _embedding(self, ctx: RequestContext) -> np.ndarray:
         assert ctx.features is not None
         name = self.cfg.encoder
-        encoder = self.encoders.get(name)
-        timeout = self.encoders.timeout(name)
         with failing_open(name):
-            return await ctx.features.embedding(name, lambda t: encode_one(encoder, t, timeout))
+            return await ctx.features.embedding(name, self.encoders.call(name))
 
     async def decide(self, ctx: RequestContext, routes: tuple[str, ...]) -> Decision | None:
         features = ctx.features

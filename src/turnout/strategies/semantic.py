@@ -12,7 +12,7 @@ import numpy as np
 
 from turnout.banks import bank
 from turnout.config import RouterConfig, Settings
-from turnout.encoders import EmbeddingCache, EncoderSet, encode_one, failing_open
+from turnout.encoders import EmbeddingCache, EncoderSet, failing_open
 from turnout.sparse import SparseIndex
 from turnout.types import Decision, RequestContext
 
@@ -58,9 +58,17 @@ class SemanticStrategy:
         self.vectors = await self.cache.embed(encoder, self._texts)
         await encoder.encode(["warm up"])  # load the model now, not inside the first request's timeout
 
-    def scores(self, dense: np.ndarray, text: str) -> tuple[dict[str, float], dict[str, list[int]]]:
+    def prefetch(self, ctx: RequestContext) -> None:
+        if ctx.features is not None and self.routes and self.vectors is not None:
+            ctx.features.prefetch(self.cfg.encoder, self.encoders.call(self.cfg.encoder))
+
+    def scores(
+        self, dense: np.ndarray, text: str, sparse: np.ndarray | None = None
+    ) -> tuple[dict[str, float], dict[str, list[int]]]:
         w = self.cfg.dense_weight
-        combined = w * dense + (1 - w) * self.sparse.scores(text) if w < 1 else dense
+        if w < 1 and sparse is None:
+            sparse = self.sparse.scores(text)
+        combined = w * dense + (1 - w) * sparse if sparse is not None else dense
         k = self.cfg.top_k
         scores: dict[str, float] = {}
         best: dict[str, list[int]] = {}
@@ -75,14 +83,16 @@ class SemanticStrategy:
         features = ctx.features
         if features is None or not self.routes or not features.text.strip():
             return None
-        encoder = self.encoders.get(self.cfg.encoder)
-        timeout = self.encoders.timeout(self.cfg.encoder)
-        with failing_open(self.cfg.encoder):
+        name = self.cfg.encoder
+        with failing_open(name):
             if self.vectors is None:  # not embedded at start-up (the encoder was down then): try now
                 await self.start()
-            query = await features.embedding(self.cfg.encoder, lambda t: encode_one(encoder, t, timeout))
+            call = self.encoders.call(name)
+            features.prefetch(name, call)  # (if the router has not already) the encoder starts now...
+            sparse = self.sparse.scores(features.text) if self.cfg.dense_weight < 1 else None  # ...beside this
+            query = await features.embedding(name, call)
         assert self.vectors is not None
-        scores, best = self.scores(self.vectors @ query, features.text)
+        scores, best = self.scores(self.vectors @ query, features.text, sparse)
         ranked = sorted(scores, key=lambda r: -scores[r])
         top = ranked[0]
         return Decision(
