@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from contextlib import closing
+from pathlib import Path
 
 import httpx
 import openai
@@ -160,6 +163,25 @@ def test_client_disconnect_mid_stream_cancels_the_upstream(
         time.sleep(0.02)
     assert upstream.abandoned, "the upstream stream kept running after the client left"
     assert upstream.abandoned[0]["sent"] < 50
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_leaving_before_the_first_byte_cancels_the_upstream(
+    make_gateway: GatewayFactory, upstream: UpstreamThread, tmp_path: Path, stream: bool
+) -> None:
+    gw = make_gateway(models={"thinking": {"upstream": "fake", "name": "fake?fault=slow&slow_ms=3000"}},
+                      routes={"lite": {"targets": ["thinking"]}}, runtime_dir=str(tmp_path))  # fmt: skip
+    sent = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and hangs up
+        httpx.post(gw.url + "/v1/chat/completions", timeout=0.3,
+                   json={"model": "lite", "messages": HI, "stream": stream})  # fmt: skip
+    # The gateway's own first-byte timeout (1 s) would also close the connection: look before it fires.
+    while not upstream.abandoned and time.monotonic() < sent + 0.8:
+        time.sleep(0.01)
+    assert upstream.abandoned == [{"model": "fake?fault=slow&slow_ms=3000", "sent": 0, "of": 0}]
+    gw.stop()
+    with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
+        assert conn.execute("SELECT status, error FROM requests").fetchall() == [(499, "cancelled")]
 
 
 # --- units ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -39,7 +39,7 @@ JSON = b"application/json"
 
 
 class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+    """The client disconnected before its answer was ready."""
 
 
 # --- request parsing -------------------------------------------------------------------------
@@ -154,6 +154,60 @@ async def send_error(send: Send, exc: TurnoutError, headers: list[tuple[bytes, b
     await send_bytes(send, exc.status, exc.body(), headers)
 
 
+T = TypeVar("T")
+
+
+class DisconnectWatch:
+    """Cancels the current task when the client hangs up, so an upstream call or stream stops at once.
+
+    With raw ASGI under uvicorn nothing else notices: sends after the client left are silently dropped
+    and the upstream keeps generating for nobody. Most answers finish within milliseconds, so only work
+    still running after AFTER_S gets a watcher task (measured: a task per request was ~5% of the
+    gateway's CPU on short answers). `gone` says whether a cancellation came from here."""
+
+    AFTER_S = 0.02
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.task = asyncio.current_task()
+        self.done = False
+        self.gone = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._later = asyncio.get_running_loop().call_later(self.AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            msg = await self.receive()  # the body was read: what comes next is the disconnect
+            if msg["type"] == "http.disconnect":
+                if not self.done and self.task is not None:
+                    self.gone = True
+                    self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        self.done = True
+        self._later.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work` (the upstream call, up to the answer's first byte); a client that hangs up meanwhile
+    cancels it, and the request ends as ClientGone (499, `cancelled`)."""
+    watch = DisconnectWatch(receive)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watch.gone:
+            raise ClientGone from None
+        raise
+    finally:
+        watch.stop()
+
+
 async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> bool:
     """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once.
     Returns True when the stream was cut short (the client left, or the shutdown grace ran out)."""
@@ -164,30 +218,15 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
             "headers": [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers],
         }
     )
-    task = asyncio.current_task()
-    state = {"done": False, "gone": False}
-    watcher: list[asyncio.Task[None]] = []
-
-    async def watch() -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                if not state["done"] and task is not None:
-                    state["gone"] = True
-                    task.cancel()
-                return
-
-    # Most streams end within milliseconds; only a stream still running after 20 ms gets a watcher task
-    # (measured: a task per stream was ~5% of the gateway's CPU on short streams).
-    later = asyncio.get_running_loop().call_later(0.02, lambda: watcher.append(asyncio.ensure_future(watch())))
+    watch = DisconnectWatch(receive)
     try:
         async for chunk in reply.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        state["done"] = True
+        watch.done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         reply.close()
-        if state["gone"]:
+        if watch.gone:
             return True
         # The server is stopping and the grace period is over: end the stream cleanly, not with a reset.
         event = stream_error_event("the gateway is shutting down; the stream was cut short", "gateway_shutdown",
@@ -200,10 +239,7 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
         reply.close()
         raise
     finally:
-        state["done"] = True
-        later.cancel()
-        for w in watcher:
-            w.cancel()
+        watch.stop()
     return False
 
 
@@ -371,7 +407,7 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     ctx = chat_context(body, _header(scope, b"x-turnout-route"), request_id, _header(scope, b"x-turnout-session"))
     ctx.started = scope["turnout.t0"]
     scope["turnout.ctx"] = ctx
-    outcome = await app.gateway.handle(ctx)
+    outcome = await until_disconnect(receive, app.gateway.handle(ctx))
     headers = decision_headers(ctx, request_id)
     reply = outcome.reply
     if isinstance(reply, JsonReply):

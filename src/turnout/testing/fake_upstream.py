@@ -195,7 +195,7 @@ class FakeUpstream:
         if int(k["fail_times"]) and seen >= int(k["fail_times"]):
             fault = ""
         if fault == "slow":
-            await asyncio.sleep(float(k["slow_ms"]) / 1000)
+            await self._slow(model, float(k["slow_ms"]) / 1000)
         if fault == "drop":
             _reset(request)
             return web.Response()
@@ -221,6 +221,15 @@ class FakeUpstream:
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = sse_events(model, int(k["chunks"]), tools, usage)
         return await self._stream(request, model, events, float(k["delay_ms"]) / 1000, fault == "drop_mid")
+
+    async def _slow(self, model: str, seconds: float) -> None:
+        """Think like a slow model; a client that hangs up first cancels this (handler_cancellation) and
+        the request is listed under `abandoned`."""
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.abandoned.append({"model": model, "sent": 0, "of": 0})
+            raise
 
     async def _drop_mid_json(self, request: web.Request, data: bytes) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(data))})
