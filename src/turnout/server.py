@@ -2,20 +2,27 @@
 
 On SIGTERM uvicorn stops accepting, lets in-flight requests and streams finish for up to
 `server.shutdown_grace_s`, then cancels what is left and runs the app's shutdown.
+
+With N workers, the master makes a directory through which the workers share their metrics (see
+turnout.telemetry.metrics), so that `/metrics` covers the whole server whichever worker answers.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from turnout.app import App, create_app
 from turnout.config import Settings, load_config
+from turnout.errors import TurnoutError
 
 CONFIG_ENV = "TURNOUT_CONFIG"
+METRICS_ENV = "TURNOUT_METRICS_DIR"
 
 
 def log_config(level: str, fmt: str = "json") -> dict[str, Any]:
@@ -39,9 +46,18 @@ def log_config(level: str, fmt: str = "json") -> dict[str, Any]:
 
 
 def app_from_env() -> App:
-    """The app factory each worker process calls: the config path travels in `TURNOUT_CONFIG`."""
+    """The app factory each worker process calls: the config path travels in `TURNOUT_CONFIG`, the
+    directory the workers share metrics through in `TURNOUT_METRICS_DIR`."""
     settings, source = load_config(os.environ.get(CONFIG_ENV) or None)
-    return serving_app(settings, source)
+    app = serving_app(settings, source)
+    shared = os.environ.get(METRICS_ENV)
+    if shared:
+        from turnout.telemetry.metrics import MetricsSink
+
+        for sink in app.telemetry.sinks:
+            if isinstance(sink, MetricsSink):
+                sink.share(shared)
+    return app
 
 
 def serving_app(settings: Settings, source: str) -> App:
@@ -83,4 +99,22 @@ def serve(
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
         else:
             os.environ.pop(CONFIG_ENV, None)
-        uvicorn.run("turnout.server:app_from_env", factory=True, workers=workers, **options)
+        shared: Path | None = None
+        if settings.telemetry.metrics.enabled:
+            from turnout.telemetry.siblings import server_directory
+
+            try:
+                shared = server_directory(settings.runtime_dir)
+            except OSError as exc:
+                raise TurnoutError(
+                    f"runtime_dir: cannot make the directory through which the workers share metrics ({exc}); "
+                    "point runtime_dir at a writable directory, or run one worker"
+                ) from exc
+            os.environ[METRICS_ENV] = str(shared)
+        else:
+            os.environ.pop(METRICS_ENV, None)
+        try:
+            uvicorn.run("turnout.server:app_from_env", factory=True, workers=workers, **options)
+        finally:
+            if shared is not None:
+                shutil.rmtree(shared, ignore_errors=True)

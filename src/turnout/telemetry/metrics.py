@@ -8,18 +8,30 @@ prompt text or a key, so the page cannot grow with traffic. docs/metrics.md list
 
 `emit` runs once per request, so values live in plain dicts keyed by tuples of label values and become
 exposition families only when `/metrics` is scraped (see `CounterFamily`).
+
+Under `turnout serve --workers N` each worker counts for itself and a scrape reaches any one of them, so
+the workers of one server share their numbers through snapshot files (see `Siblings`); `emit` is the
+same in both modes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from turnout.config import STRATEGY_NAMES, Settings
+from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
 from turnout.types import Attempt, RequestRecord
+
+log = logging.getLogger("turnout")
 
 OTHER = "other"  # a value outside the bounded set
 NONE = "none"  # no value: a request that failed before a decision, a route call that sent nothing
@@ -106,9 +118,10 @@ class CounterFamily:
         values = self.values
         values[key] = values.get(key, 0) + amount
 
-    def collect(self) -> Metric:
+    def collect(self, values: dict[tuple[str, ...], Any]) -> Metric:
+        """The family with `values`: this one's own, or the sum over a server's workers."""
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in list(self.values.items()):
+        for key, value in list(values.items()):
             family.add_metric(key, value)
         return family
 
@@ -131,9 +144,10 @@ class HistogramFamily:
         counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value
         counts[-1] += value
 
-    def collect(self) -> Metric:
+    def collect(self, values: dict[tuple[str, ...], Any]) -> Metric:
+        """The family with `values`: this one's own, or the sum over a server's workers."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, counts in list(self.values.items()):
+        for key, counts in list(values.items()):
             total, buckets = 0.0, []
             for le, n in zip(self.le, counts, strict=False):  # the last count is the sum
                 total += n
@@ -226,8 +240,14 @@ class MetricsSink:
             self.tokens, self.cost, self.cache,
         )  # fmt: skip
         self.active_streams = 0
+        self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
+        self._publisher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.registry.register(self)
+
+    def share(self, directory: str) -> None:
+        """Make the page the sum over the workers of one server, which all publish to `directory`."""
+        self.siblings = Siblings(Path(directory))
 
     # --- the Sink protocol ---------------------------------------------------------------------
 
@@ -262,16 +282,62 @@ class MetricsSink:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def collect(self) -> Iterator[Metric]:
-        """The registry's view of this sink (prometheus_client's `Collector` protocol)."""
-        for family in self.families:
-            yield family.collect()
-        yield GaugeMetricFamily("turnout_active_streams", "Streams being relayed now.", value=self.active_streams)
+        """The registry's view of this sink (prometheus_client's `Collector` protocol): this process's
+        numbers, or with siblings, the whole server's."""
+        if self.siblings is None:
+            for family in self.families:
+                yield family.collect(family.values)
+            streams = self.active_streams
+        else:
+            totals, streams = self._whole_server(self.siblings)
+            for family in self.families:
+                yield family.collect(totals.get(family.name, {}))
+        yield GaugeMetricFamily("turnout_active_streams", "Streams being relayed now.", value=streams)
 
     async def start(self) -> None:
-        return None
+        if self.siblings is not None:
+            self.siblings.join()
+            self.siblings.publish(orjson.dumps(self._snapshot()))
+            self._publisher = asyncio.create_task(self._publish(self.siblings))
 
     async def close(self) -> None:
-        return None
+        if self.siblings is not None and self._publisher is not None:
+            self._publisher.cancel()  # it is asleep: nothing of it runs before it sees the cancellation
+            self._publisher = None
+            self.siblings.leave(self._snapshot())
+
+    # --- several workers -------------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        return {"streams": self.active_streams, "families": {f.name: list(f.values.items()) for f in self.families}}
+
+    def _whole_server(self, siblings: Siblings) -> tuple[Totals, int]:
+        """This worker's numbers plus every sibling's snapshot and the retired workers' totals. This
+        worker's snapshot is rewritten first: a later scrape answered by a sibling then sees at least what
+        this one reported, so no total steps back between scrapes."""
+        own = self._snapshot()
+        siblings.publish(orjson.dumps(own))
+        totals: Totals = {}
+        streams = 0
+        for snapshot in (own, *siblings.gather()):
+            add_snapshot(totals, snapshot)
+            streams += snapshot.get("streams", 0)
+        return totals, streams
+
+    async def _publish(self, siblings: Siblings) -> None:
+        """Rewrite this worker's snapshot every PUBLISH_S seconds, so that a page another worker renders
+        is at most that far behind on this one's numbers. A failure is logged once until a write works."""
+        failing = False
+        while True:
+            await asyncio.sleep(PUBLISH_S)
+            try:
+                siblings.publish(orjson.dumps(self._snapshot()))
+            except OSError:
+                if not failing:
+                    log.warning("metrics: writing this worker's snapshot to %s failed", siblings.path, exc_info=True)
+                failing = True
+            else:
+                failing = False
 
     # --- parts of a record ---------------------------------------------------------------------
 
