@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""CPU that telemetry adds per request, measured part by part in one process (prints numbers; not a test).
+
+    .venv/bin/python bench/telemetry_cost.py [--n 20000] [--reps 5] [--core-ms 0.25]
+
+`bench/gatebench.py --telemetry-overhead` measures the same thing end to end (turnout against
+turnout-bare, telemetry off), but on a shared 2-core VM its per-run noise (steal time, neighbours) is
+larger than the effect. This measures the parts directly, on the real sinks, with thread CPU clocks:
+
+  metrics emit        MetricsSink.emit, on the event loop
+  audit emit          AuditSink.emit (the row tuple and the queue append), on the event loop
+  audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
+
+and prints their sum against `--core-ms`, the gateway's CPU per request with telemetry off (take it
+from a gatebench run: turnout-bare, json@lite). Medians over `--reps` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+
+from turnout.config import default_config_tree, validate
+from turnout.telemetry.audit import AuditSink
+from turnout.telemetry.metrics import MetricsSink
+from turnout.types import Attempt, RequestRecord
+
+
+def record(i: int) -> RequestRecord:
+    """A routed chat request as the gateway records it: a semantic decision with its trace, one attempt."""
+    return RequestRecord(
+        f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}", time.time(), "chat", 200, router="auto",
+        route="lite", model="lite", upstream="default", strategy="semantic",
+        reason="closest example utterances belong to `lite`", confidence=0.41, scores={"lite": 0.41, "deep": 0.22},
+        threshold=0.18, margin=0.1, provenance=["lite:12", "lite:40", "lite:7"], decision_ms=2.9,
+        trace=[{"strategy": "explicit", "verdict": "abstained"}, {"strategy": "rules", "verdict": "abstained"},
+               {"strategy": "semantic", "verdict": "decided", "route": "lite", "confidence": 0.41,
+                "scores": {"lite": 0.41, "deep": 0.22}}],
+        attempts=[Attempt("lite", None, 200, 0.4, 3.1)], latency_ms=3.6, prompt_tokens=12 + i % 50,
+        completion_tokens=40, cost_usd=None,
+    )  # fmt: skip
+
+
+def thread_cpu(ident: int | None) -> float:
+    assert ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+
+async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
+    tree = default_config_tree({})
+    tree["runtime_dir"] = runtime_dir
+    settings = validate(tree, {})
+    metrics, audit = MetricsSink(settings), AuditSink(settings)
+    await audit.start()
+    records = [record(i) for i in range(n)]
+    out: dict[str, float] = {}
+
+    t = time.thread_time()
+    for r in records:
+        metrics.emit(r)
+    out["metrics emit"] = (time.thread_time() - t) / n * 1e6
+
+    writer = audit._thread.ident if audit._thread is not None else None
+    w0, t, spent = thread_cpu(writer), time.thread_time(), 0.0
+    for i in range(0, n, 32):  # 32 requests per loop turn, as under load; the writer runs beside the loop
+        c = time.thread_time()
+        for r in records[i : i + 32]:
+            audit.emit(r)
+        spent += time.thread_time() - c
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.6)  # one flush interval: the writer catches up
+    w1, written = thread_cpu(writer), audit.written
+    await audit.close()
+    out["audit emit"] = spent / n * 1e6
+    out["audit writer"] = (w1 - w0) / max(written, 1) * 1e6
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000, help="records per run")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--core-ms", type=float, default=0.25, help="gateway CPU ms per request, telemetry off")
+    a = ap.parse_args()
+    runs = []
+    for _ in range(a.reps):
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(asyncio.run(one_run(a.n, d)))
+    parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    total = sum(parts.values())
+    print(f"{'part':<16} {'us/request':>11}   (medians of {a.reps} runs of {a.n} records)")
+    for k, v in parts.items():
+        print(f"{k:<16} {v:>11.2f}")
+    share = total / 10 / a.core_ms
+    print(f"{'total':<16} {total:>11.2f}   = {share:.1f} % of a {a.core_ms} ms request (target <= 10 %)")
+
+
+if __name__ == "__main__":
+    main()
