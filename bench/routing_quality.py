@@ -14,7 +14,7 @@ Sections (each trains in memory with turnout.training, exactly as `turnout train
            of strong calls, APGR, CPT(50%), against a random router at every share.
   latency  per decision: the model alone (n-grams + dot products) and the whole strategy with the encoder.
 
-USE vectors are cached under --cache (default /tmp/turnout-bench-cache), keyed by the texts.
+USE vectors are cached under --cache (default /tmp/turnout-bench-cache), keyed by the encoder id and the texts.
 """
 
 from __future__ import annotations
