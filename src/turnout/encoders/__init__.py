@@ -27,7 +27,7 @@ log = logging.getLogger("turnout")
 
 
 def _use(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:
-    return USEEncoder(threads=cfg.threads, max_tokens=cfg.max_tokens)
+    return USEEncoder(threads=cfg.threads, max_tokens=cfg.max_tokens, runtime=cfg.runtime)
 
 
 def _st(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:
