@@ -68,15 +68,17 @@ def build_graph(backend: Any) -> bytes:
         cols = op("Slice", "idx", const(f"clo{i}", [first]), const(f"chi{i}", [first + n]), axis1)
         shape = const(f"shape{i}", np.array([-1, n * dim], np.int64))
 
-        def window(t: str, cols: str = cols, shape: str = shape) -> str:
-            # the rows t-left .. t+n-1-left side by side; slots outside the sentence read the zero row
-            return op("Reshape", op("Gather", op("Concat", t, zero, axis=0), cols, axis=0), shape)
+        def conv(t: str, w: str, b: str, cols: str = cols, shape: str = shape) -> str:
+            # the rows t-left .. t+n-1-left side by side (slots outside the sentence read the zero row),
+            # projected, ReLU, plus the input
+            window = op("Reshape", op("Gather", op("Concat", t, zero, axis=0), cols, axis=0), shape)
+            return op("Add", op("Relu", dense(window, w, b)), t)
 
-        h = op("Add", op("Relu", dense(window(xs), const(f"w1_{i}", backend.w1[i]), const(f"b1_{i}", backend.b1[i]))), xs)
-        c = op("Add", op("Relu", dense(window(h), const(f"w2_{i}", backend.w2[i]), const(f"b2_{i}", backend.b2[i]))), h)
-        branches.append(c)
+        h = conv(xs, const(f"w1_{i}", backend.w1[i]), const(f"b1_{i}", backend.b1[i]))
+        branches.append(conv(h, const(f"w2_{i}", backend.w2[i]), const(f"b2_{i}", backend.b2[i])))
     feats = op("Concat", "emb", *branches, axis=1)
-    feats = op("LayerNormalization", feats, const("ln_g", backend.ln_g), const("ln_b", backend.ln_b), axis=-1, epsilon=eps)
+    ln_g, ln_b = const("ln_g", backend.ln_g), const("ln_b", backend.ln_b)
+    feats = op("LayerNormalization", feats, ln_g, ln_b, axis=-1, epsilon=eps)
     # sum over each sentence's tokens, then project (the projection is linear, so the order commutes)
     sums = op("MatMul", op("MatMul", "seg", feats), const("cnn_W", backend.cnn_W))
     mean = op("Add", sums, op("Mul", "lens", const("cnn_b", backend.cnn_b)))
