@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How well the built-in banks route public labelled prompts, through the embedded default config.
 
-    .venv/bin/python bench/banks_quality.py [--data ../shared/data] [--sweep]
+    .venv/bin/python bench/banks_quality.py [--data ../shared/data] [--sweep] [--runtime onnxruntime-int8]
 
 Sets (development scores; part of each set's source is kept aside for independent evaluation):
   lite/deep   vLLM semantic-router privacy exemplars: simple_task, general_knowledge -> lite;
@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from turnout.config import load_config
+from turnout.config import default_config_tree, validate
 from turnout.gateway import Gateway
 from turnout.types import RequestContext
 from turnout.upstreams import build_upstream
@@ -108,8 +108,10 @@ def sweep(results: list[dict[str, Any]], fallback: str) -> None:
     print(f"  sweep: best accuracy {best[0]:.3f} at threshold {best[1]:.2f}, margin {best[2]:.2f}")
 
 
-async def main(data: Path, do_sweep: bool) -> None:
-    settings, _ = load_config(None, {})
+async def main(data: Path, do_sweep: bool, runtime: str) -> None:
+    tree = default_config_tree({})
+    tree["encoders"] = {"default": {"runtime": runtime}}
+    settings = validate(tree, {})
     gw = Gateway(settings, {n: build_upstream(n, c) for n, c in settings.upstreams.items()})
     await gw.start()
     for name, router, rows in (("lite/deep (auto)", "auto", lite_deep(data)),
@@ -125,5 +127,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--runtime", default="onnxruntime", help="the USE encoder's `runtime` (onnxruntime-int8, numpy)")
     a = ap.parse_args()
-    asyncio.run(main(Path(a.data), a.sweep))
+    asyncio.run(main(Path(a.data), a.sweep, a.runtime))

@@ -3,6 +3,7 @@
 
   .venv/bin/python bench/routing_quality.py                      # everything, seeds 0,1,2
   .venv/bin/python bench/routing_quality.py --only domain,cost --seeds 0 --json /tmp/rq.json
+  .venv/bin/python bench/routing_quality.py --runtime onnxruntime-int8      # the int8 encoder
 
 Sections (each trains in memory with turnout.training, exactly as `turnout train` does):
   domain   14-way MMLU-Pro domain: train on semantic-router's 210 exemplars plus MMLU-Pro questions,
@@ -57,9 +58,9 @@ def text_row(text: str, label: str | None = None, outcomes: dict[str, float] | N
 class Vectors:
     """USE vectors through turnout's EncoderSet (threads=1), cached on disk per list of texts."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, runtime: str = "onnxruntime") -> None:
         self.cache = cache
-        self.encoders = EncoderSet({"default": EncoderConfig(threads=1)}, {})
+        self.encoders = EncoderSet({"default": EncoderConfig(threads=1, runtime=runtime)}, {})  # type: ignore[arg-type]
         self.encoder = self.encoders.get("default")
 
     def __call__(self, rows: list[Row]) -> np.ndarray:
@@ -244,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--belle-seeds", default="0,1,2,3,4", help="BELLE is small: more splits (default 0-4)")
     ap.add_argument("--cache", default="/tmp/turnout-bench-cache", help="USE vector cache directory")
     ap.add_argument("--json", help="also write every number to this file")
+    ap.add_argument("--runtime", default="onnxruntime", help="the USE encoder's `runtime` (onnxruntime-int8, numpy)")
     a = ap.parse_args(argv)
     only = set(a.only.split(","))
     seeds = [int(s) for s in a.seeds.split(",")]
-    vectors = Vectors(Path(a.cache))
+    vectors = Vectors(Path(a.cache), a.runtime)
     out: dict[str, Any] = {}
     model = None
     if "domain" in only or "latency" in only:

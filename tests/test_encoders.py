@@ -107,6 +107,16 @@ def test_bundled_use_gives_the_same_vectors_on_onnxruntime_and_numpy() -> None:
     assert np.allclose(fast._encode_sync(texts[:1]), a[:1], atol=1e-5)  # alone or in a batch, the same
 
 
+def test_the_int8_runtime_is_close_to_float32_but_keyed_apart(caplog: pytest.LogCaptureFixture) -> None:
+    texts = ["How do I reverse a list in Python?", "请帮我写一首关于秋天的诗", "Our database lost writes"]
+    fast = USEEncoder(runtime="onnxruntime-int8")
+    a, b = fast._encode_sync(texts), USEEncoder()._encode_sync(texts)
+    assert fast.id == "use-multilingual-v3-spm-int8"  # its vectors never mix with float32 ones in caches
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.98
+    assert np.argmax(a @ a.T - 2 * np.eye(3), axis=1).tolist() == np.argmax(b @ b.T - 2 * np.eye(3), axis=1).tolist()
+    assert not [r for r in caplog.records if "onnxruntime" in r.pathname]  # the quantizer's advice is not ours
+
+
 class GilFreeEncoder(_ThreadedEncoder):
     """An in-process encoder whose run, like ONNX Runtime's, holds no GIL: it waits for a gate."""
 

@@ -136,6 +136,8 @@ class USEEncoder(_ThreadedEncoder):
         self.threads = threads
         self.max_tokens = max_tokens
         self.runtime = runtime
+        if runtime == "onnxruntime-int8":
+            self.id = f"{USEEncoder.id}-int8"  # other vectors: caches and trained models keyed apart
 
     def _load(self) -> Any:
         with _USE_LOCK:
@@ -147,22 +149,23 @@ class USEEncoder(_ThreadedEncoder):
                 model = USE(threads=self.threads)
                 _sentencepiece(model)
                 _blas_threads_once(model, self.threads)
-                if self.runtime == "onnxruntime":
+                if self.runtime != "numpy":
                     from turnout.encoders.use_onnx import OnnxUSE
 
-                    model = OnnxUSE(model._model, self.threads)  # same weights and vectors, ~2x faster
+                    # the same weights: in float32 the same vectors ~2x faster; in int8 ~4x faster
+                    model = OnnxUSE(model._model, self.threads, int8=self.runtime == "onnxruntime-int8")
                 model.encode(["load the weights"])
                 _USE_MODELS[(self.threads, self.runtime)] = model
             return model
 
     @property
     def handoff(self) -> bool:  # type: ignore[override]
-        return self.runtime == "onnxruntime"  # numpy releases the GIL only inside each product
+        return self.runtime != "numpy"  # numpy releases the GIL only inside each product
 
     def _run(self, texts: list[str], started: threading.Event | None) -> Any:
-        if self.runtime == "onnxruntime":
-            return self._model.encode(texts, started)
-        return self._model.encode(texts)
+        if self.runtime == "numpy":
+            return self._model.encode(texts)
+        return self._model.encode(texts, started)
 
 
 class SentenceTransformerEncoder(_ThreadedEncoder):

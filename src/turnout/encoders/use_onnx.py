@@ -18,6 +18,8 @@ per row) stays in numpy: putting the table in the graph would hold a second copy
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from itertools import chain
 from typing import Any
@@ -111,20 +113,48 @@ def build_graph(backend: Any) -> bytes:
     return out
 
 
+def quantized(graph: bytes) -> bytes:
+    """The graph with int8 weights and int8 products (ONNX Runtime's dynamic quantization; ~0.1 s).
+
+    Measured on this machine's CPU (AVX-512 VNNI): a one-sentence encode in 0.56 ms against 1.18-1.28 ms in
+    float32, at a cosine of 0.997 (median; 0.986 at worst) with the float32 vectors over 200 MT-Bench and
+    BELLE prompts. Different vectors: its encoder id differs, and routers trained or calibrated on float32
+    vectors are to be re-measured (`turnout eval`) before switching."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
+
+    def not_theirs(record: logging.LogRecord) -> bool:  # its advice to pre-process is for image models
+        return "onnxruntime" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(not_theirs)
+    try:
+        with tempfile.TemporaryDirectory(prefix="turnout-use-") as tmp:  # the quantizer writes to a path
+            out = os.path.join(tmp, "use-int8.onnx")
+            quantize_dynamic(onnx.load_from_string(graph), out, weight_type=QuantType.QInt8)
+            with open(out, "rb") as f:
+                return f.read()
+    finally:
+        root.removeFilter(not_theirs)
+
+
 class OnnxUSE:
     """Encodes with the package's tokenizer and embedding table, and the graph above for the rest."""
 
-    def __init__(self, backend: Any, threads: int) -> None:
+    def __init__(self, backend: Any, threads: int, int8: bool = False) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
         self.backend = backend
+        graph = quantized(build_graph(backend)) if int8 else build_graph(backend)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # Idle pool threads must not spin: they would take the cores the event loop relays streams on.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(build_graph(backend), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str], started: threading.Event | None = None) -> np.ndarray:
         """Vectors for texts; `started` is set when the first model run begins (the GIL is let go)."""
