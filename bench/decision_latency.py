@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decision latency of the embedded default routers, on this machine (not a test: it prints numbers).
 
-    .venv/bin/python bench/decision_latency.py [--n 300]
+    .venv/bin/python bench/decision_latency.py [--n 300] [--runtime onnxruntime-int8]
 
 Rows: the `auto` router (explicit, rules, semantic with the bundled USE encoder, hybrid scoring) on
 English and Chinese prompts of fixed lengths; on real prompts under 300 characters (the first turns of
@@ -66,8 +66,9 @@ async def timed(n: int, fn: Callable[[], Awaitable[object]]) -> tuple[float, flo
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
 
 
-async def main(n: int, real: dict[str, list[str]]) -> None:
+async def main(n: int, real: dict[str, list[str]], runtime: str) -> None:
     tree = default_config_tree({})
+    tree["encoders"] = {"default": {"runtime": runtime}}
     tree["routers"]["rules-only"] = {"routes": ["lite", "deep"], "strategies": ["rules"], "fallback": "lite",
                                      "rules": tree["routers"]["auto"]["rules"]}  # fmt: skip
     settings = validate(tree, {})
@@ -112,4 +113,6 @@ async def main(n: int, real: dict[str, list[str]]) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="decisions per row")
-    asyncio.run(main(ap.parse_args().n, real_prompts() if os.path.isdir(DATA) else {}))
+    ap.add_argument("--runtime", default="onnxruntime", help="the USE encoder's `runtime` (onnxruntime-int8, numpy)")
+    a = ap.parse_args()
+    asyncio.run(main(a.n, real_prompts() if os.path.isdir(DATA) else {}, a.runtime))
