@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
 from turnout.config import validate
-from turnout.telemetry.audit import BATCH, MIGRATIONS, AuditSink, connect, migrate
+from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, AuditSink, connect, migrate
 from turnout.telemetry.review import PromptReviewLog
 
 SECRET = "the-launch-code-is-0000"
@@ -74,10 +74,49 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     conn = connect(path)
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index"]
-    assert {i for i in indexes if not i.startswith("sqlite_")} == {"requests_ts"}
+    assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents"]
+    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_log_ts"}
     assert migrate(conn, MIGRATIONS) == []
     conn.close()
+
+
+def test_rows_written_before_0004_read_the_same_through_the_view(tmp_path: Path) -> None:
+    """0004 stores each row as (ts, one JSON document) and keeps `requests` as a view with every column:
+    a row written in columns before it reads back with the same values and types after it."""
+    path = tmp_path / "audit.sqlite3"
+    values: dict[str, Any] = {
+        "ts": 1700000000.25, "day": "2023-11-14", "request_id": "r1", "endpoint": "chat", "status": 502,
+        "error": "upstream_5xx", "router": "auto", "route": "deep", "model": "deep-model", "upstream": "fake",
+        "strategy": "semantic", "reason": "closest example utterances belong to `deep`", "confidence": 0.41,
+        "threshold": 0.18, "margin": 0.1, "scores": '{"lite":0.2,"deep":0.41}', "provenance": '["deep#4"]',
+        "trace": '[{"strategy":"rules","verdict":"abstained"}]', "decision_ms": 2.5,
+        "attempts": '[{"target":"deep-model","error":"http_500","status":500}]', "stream": 1, "latency_ms": 12.5,
+        "ttft_ms": None, "prompt_tokens": 8, "completion_tokens": None, "tokens_estimated": 0, "cost_usd": None,
+        "cache": "off", "guards": "[]",
+    }  # fmt: skip
+    with closing(connect(path)) as conn:
+        migrate(conn, MIGRATIONS[:3])
+        conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                     list(values.values()))  # fmt: skip
+        assert migrate(conn, MIGRATIONS) == ["0004_rows_as_documents"]
+    [row] = rows(path)
+    assert row == {"id": 1, **values}
+    assert [type(row[k]) for k in ("status", "confidence", "scores", "stream")] == [int, float, str, int]
+
+
+def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = make_gateway(runtime_dir=str(tmp_path))
+    with sdk(gw) as client:
+        list(client.chat.completions.create(model="lite", messages=HI, stream=True))
+    gw.stop()
+    [row] = rows(tmp_path / "audit.sqlite3")
+    assert list(row) == ["id", "ts", *DOC_FIELDS]  # the view's columns are the document's fields, in order
+    assert (row["stream"], row["tokens_estimated"], row["status"]) == (1, 1, 200)  # no usage asked for: estimated
+    assert isinstance(row["latency_ms"], float) and isinstance(row["ttft_ms"], float)
+    assert (row["scores"], row["provenance"], row["guards"], row["error"]) == ("{}", "[]", "[]", None)
+    with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
+        [(doc,)] = conn.execute("SELECT doc FROM request_log").fetchall()
+    assert SECRET not in doc and len(orjson.loads(doc)) == 28
 
 
 def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:
@@ -120,11 +159,9 @@ def test_retention_deletes_rows_older_than_retention_days_at_start(tmp_path: Pat
     migrate(conn, MIGRATIONS)
     now = time.time()
     for rid, age_days in (("old", 40), ("recent", 10)):
-        conn.execute(
-            "INSERT INTO requests (ts, day, request_id, endpoint, status, stream, latency_ms, tokens_estimated) "
-            "VALUES (?, '', ?, 'chat', 200, 0, 1.0, 0)",
-            (now - age_days * 86400, rid),
-        )
+        doc = ["", rid, "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []]
+        row = (now - age_days * 86400, orjson.dumps(doc).decode())
+        conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", row)
     conn.close()
     config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
               "telemetry": {"audit": {"retention_days": 30}}}  # fmt: skip
