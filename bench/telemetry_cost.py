@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 
+from turnout.app import tune_gc
 from turnout.config import default_config_tree, validate
 from turnout.telemetry.audit import AuditSink
 from turnout.telemetry.metrics import MetricsSink
@@ -57,6 +58,7 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     metrics, audit = MetricsSink(settings), AuditSink(settings)
     await audit.start()
     records = [record(i) for i in range(n)]
+    tune_gc()  # as the gateway does after start-up (app.tune_gc)
     out: dict[str, float] = {}
 
     t = time.thread_time()

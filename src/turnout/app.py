@@ -45,6 +45,14 @@ class ClientGone(Exception):
 # --- request parsing -------------------------------------------------------------------------
 
 
+def tune_gc() -> None:
+    """Everything built so far lives as long as the process: keep the collector off it, and collect young
+    objects less often (measured: ~45 us of GC per request, 25 ms pauses). Run once, after start-up."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -373,11 +381,7 @@ class App:
                     return
                 self.readiness.start()
                 if self.tune_gc:
-                    # Everything built so far lives as long as the process: keep the collector off it, and
-                    # collect young objects less often (measured: ~45 us of GC per request, 25 ms pauses).
-                    gc.collect()
-                    gc.freeze()
-                    gc.set_threshold(20_000, 50, 100)
+                    tune_gc()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.readiness.stop()
