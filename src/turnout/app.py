@@ -296,6 +296,8 @@ class App:
                 self._record(scope, endpoint, request_id)
 
     def _record(self, scope: Scope, endpoint: str, request_id: str) -> None:
+        if not self.telemetry.sinks and self.telemetry.review is None:
+            return  # telemetry off: no record is built at all
         t0 = scope["turnout.t0"]
         meter = scope.get("turnout.meter")
         usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
