@@ -117,6 +117,33 @@ def test_the_int8_runtime_is_close_to_float32_but_keyed_apart(caplog: pytest.Log
     assert not [r for r in caplog.records if "onnxruntime" in r.pathname]  # the quantizer's advice is not ours
 
 
+WITHOUT_ONNXRUNTIME = """
+import sys, logging
+sys.modules["onnxruntime"] = None  # what a platform without its wheel looks like: the import fails
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from turnout.encoders.local import USEEncoder
+from turnout.errors import ConfigError
+enc = USEEncoder()
+vec = enc._encode_sync(["good morning"])
+print("float32", type(enc._model).__name__, enc.handoff, vec.shape)
+try:
+    USEEncoder(runtime="onnxruntime-int8")._encode_sync(["good morning"])
+except ConfigError as exc:
+    print("int8", exc)
+"""
+
+
+def test_without_onnxruntime_float32_runs_on_numpy_and_int8_says_what_to_install() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", WITHOUT_ONNXRUNTIME], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "float32 USE False (1, 512)" in out.stdout  # the same vectors, from the package's numpy code
+    assert "onnxruntime is not installed: the USE encoder runs on numpy" in out.stderr
+    assert "int8 encoder runtime `onnxruntime-int8` needs onnxruntime and onnx" in out.stdout
+    assert "pip install onnxruntime onnx" in out.stdout
+
+
 class GilFreeEncoder(_ThreadedEncoder):
     """An in-process encoder whose run, like ONNX Runtime's, holds no GIL: it waits for a gate."""
 
