@@ -14,10 +14,10 @@ import pytest
 from tests.conftest import GatewayFactory
 from tests.test_config import minimal
 from turnout.config import ClassifierConfig, EncoderConfig, validate
-from turnout.encoders import EncoderSet
+from turnout.encoders import EmbeddingCache, EncoderSet
 from turnout.errors import ClassificationFailed, ConfigError
 from turnout.features import Features
-from turnout.router import Router
+from turnout.router import Resources, Router, build_routers
 from turnout.sessions import SessionRoutes
 from turnout.strategies.classifier import (
     ANALYZERS,
@@ -185,6 +185,18 @@ def test_router_holds_category_proposals_to_threshold_and_margin(category_artifa
     d = asyncio.run(router.decide(ctx_for("Solve for y: 4y - 2 = 10")))
     assert (d.route, d.strategy, d.threshold) == ("chat", "fallback", 0.999)
     assert d.trace[0]["verdict"] == "below_threshold" and d.trace[0]["route"] == "math"
+
+
+def test_labels_that_are_not_routes_are_a_config_error_at_load(
+    category_artifact: Path, encoders: EncoderSet, tmp_path: Path
+) -> None:
+    raw = minimal()
+    raw["routes"] = {r: {"targets": ["small"]} for r in ("math", "lite")}
+    raw["routers"] = {"auto": {"routes": ["math", "lite"], "fallback": "lite", "strategies": ["classifier"],
+                               "classifier": {"artifact": str(category_artifact)}}}  # fmt: skip
+    settings = validate(raw, {})
+    with pytest.raises(ConfigError, match=r"classifier.artifact: classifier labels `chat`, `code` are not routes"):
+        build_routers(settings, Resources(settings, encoders, EmbeddingCache(tmp_path), {}))
 
 
 def test_labels_that_are_not_routes_fail_open_with_a_clear_code(category_artifact: Path, encoders: EncoderSet) -> None:

@@ -62,7 +62,7 @@ def _classifier(name: str, cfg: RouterConfig, res: Resources) -> Strategy:
     from turnout.strategies.classifier import ClassifierStrategy
 
     assert cfg.classifier is not None
-    return ClassifierStrategy(name, cfg.classifier, res.encoders)
+    return ClassifierStrategy(name, cfg.classifier, res.encoders, tuple(cfg.routes))
 
 
 def _llm(name: str, cfg: RouterConfig, res: Resources) -> Strategy:

@@ -472,7 +472,9 @@ def encoder_max_tokens(encoder: Any) -> int:
 class ClassifierStrategy:
     name = "classifier"
 
-    def __init__(self, router: str, config: ClassifierConfig, encoders: EncoderSet) -> None:
+    def __init__(
+        self, router: str, config: ClassifierConfig, encoders: EncoderSet, routes: tuple[str, ...] | None = None
+    ) -> None:
         self.router = router
         self.cfg = config
         self.encoders = encoders
@@ -494,6 +496,13 @@ class ClassifierStrategy:
                 f"{where}.artifact: `{config.artifact}` was trained with the encoder's input capped at "
                 f"{trained_cap or 'no'} tokens, but `encoders.{config.encoder}.max_tokens` gives "
                 f"{cap or 'no cap'}; the vectors would differ: set it back or {retrain}"
+            )
+        foreign = [label for label in self.model.labels if routes is not None and label not in routes]
+        if foreign:  # caught at load; decide() checks again for a strategy built without its routes
+            names = ", ".join(f"`{x}`" for x in foreign)
+            raise ConfigError(
+                f"{where}.artifact: classifier labels {names} are not routes of router `{router}` "
+                f"({', '.join(routes or ())}); retrain with route names as labels"
             )
         digest = hashlib.sha256(Path(config.artifact).read_bytes()).hexdigest()[:12]
         self.provenance = [f"artifact:{digest}"]
