@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, sdk
+from turnout.config import default_config_tree, validate
+from turnout.telemetry import BATCH, DELAY_S, build_telemetry
+from turnout.telemetry.audit import AuditSink
 from turnout.telemetry.meter import StreamMeter, completion_chars, usage_of
+from turnout.telemetry.metrics import MetricsSink
 from turnout.types import RequestRecord
 
 SECRET = "the-launch-code-is-0000"
@@ -115,3 +121,66 @@ def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
     body = b'{"choices":[{"message":{"content":"12345678","tool_calls":[{"function":{"arguments":"{}"}}]}}]}'
     assert completion_chars(body) == 10
     assert completion_chars(b"<html>") == 0
+
+
+# --- batching: records are built and handed over in batches (Telemetry.flush) ------------------
+
+
+def inputs(n: int) -> tuple[object, ...]:
+    """What the request path queues for a request that failed before any decision (no context)."""
+    return (f"req-{n}", time.time(), "chat", 400, 1.5, None, "parse_error", (None, None), None, 0)
+
+
+def test_records_wait_for_a_batch_or_the_delay_then_reach_every_sink() -> None:
+    first, second = Collect(), Collect()
+    telemetry = build_telemetry(validate(default_config_tree({}), {}))
+    telemetry.sinks[:] = [first, second]
+
+    async def run() -> None:
+        for i in range(BATCH - 1):
+            telemetry.submit(inputs(i))
+        assert first.records == []  # not yet: neither a full batch nor the delay
+        telemetry.submit(inputs(BATCH - 1))
+        assert len(first.records) == len(second.records) == BATCH  # a full batch goes at once
+        telemetry.submit(inputs(BATCH))
+        assert len(first.records) == BATCH
+        await asyncio.sleep(DELAY_S * 3)
+        assert len(first.records) == BATCH + 1  # a lone record goes after the delay
+
+    asyncio.run(run())
+    rec = first.records[0]
+    assert (rec.request_id, rec.status, rec.error, rec.latency_ms) == ("req-0", 400, "parse_error", 1.5)
+    assert [r.request_id for r in first.records] == [r.request_id for r in second.records]
+
+
+def test_close_and_a_scrape_count_the_records_still_waiting(tmp_path: Path) -> None:
+    tree = default_config_tree({})
+    tree["runtime_dir"] = str(tmp_path)
+    tree["telemetry"] = {"audit": {"flush_s": 60}}
+    telemetry = build_telemetry(validate(tree, {}))
+    [metrics, audit] = telemetry.sinks
+    assert isinstance(metrics, MetricsSink) and isinstance(audit, AuditSink)
+
+    async def run() -> bytes:
+        await telemetry.start()
+        telemetry.submit(inputs(1))
+        page = telemetry.exposition()  # rendered at once, with the waiting record in it
+        telemetry.submit(inputs(2))
+        await telemetry.close()  # before the delay: close hands it over, the writer stores it
+        assert page is not None
+        return page[0]
+
+    page = asyncio.run(run())
+    assert b'turnout_requests_total{endpoint="chat",model="none",route="none",router="none",status="400"} 1.0' in page
+    assert audit.written == 2
+
+
+def test_a_record_that_cannot_be_built_is_logged_and_the_others_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Collect()
+    telemetry = build_telemetry(validate(default_config_tree({}), {}))
+    telemetry.sinks[:] = [sink]
+    telemetry.submit(inputs(1))  # no running loop: handed over at once
+    telemetry.submit(("too", "few"))
+    telemetry.submit(inputs(3))
+    assert [r.request_id for r in sink.records] == ["req-1", "req-3"]
+    assert "building a request record failed" in caplog.text

@@ -24,7 +24,7 @@ from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
 from turnout.telemetry.meter import completion_chars, usage_of
-from turnout.telemetry.record import build_record, error_kind
+from turnout.telemetry.record import error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
 
@@ -296,32 +296,22 @@ class App:
                 self._record(scope, endpoint, request_id)
 
     def _record(self, scope: Scope, endpoint: str, request_id: str) -> None:
-        if not self.telemetry.sinks and self.telemetry.review is None:
-            return  # telemetry off: no record is built at all
-        t0 = scope["turnout.t0"]
+        telemetry = self.telemetry
+        if not telemetry.enabled:
+            return  # telemetry off: no record at all
+        latency_ms = (time.perf_counter() - scope["turnout.t0"]) * 1000
         meter = scope.get("turnout.meter")
-        usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
         error = scope.get("turnout.error")
-        if meter is not None:
+        if meter is None:
+            usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
+        else:
             usage, ttft, deltas = (meter.prompt_tokens, meter.completion_tokens), meter.ttft_ms, meter.deltas
             error = error or meter.error
-        record = build_record(
-            request_id=request_id,
-            started_at=scope.get("turnout.wall", time.time()),
-            endpoint=endpoint,
-            status=scope.get("turnout.status", 500),
-            latency_ms=(time.perf_counter() - t0) * 1000,
-            ctx=scope.get("turnout.ctx"),
-            models=self.settings.models,
-            error=error,
-            usage=usage,
-            ttft_ms=ttft,
-            deltas=deltas,
-        )
-        self.telemetry.emit(record)
+        status = scope.get("turnout.status", 500)
         ctx = scope.get("turnout.ctx")
-        if self.telemetry.review is not None and ctx is not None:
-            self.telemetry.review.capture(record, ctx.body)
+        # build_record's arguments: the record is built later, in a batch (Telemetry.flush)
+        wall = scope["turnout.wall"]
+        telemetry.submit((request_id, wall, endpoint, status, latency_ms, ctx, error, usage, ttft, deltas))
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, methods: dict[str, Handler] | None, request_id: str

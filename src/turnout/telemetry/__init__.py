@@ -1,56 +1,132 @@
 """Telemetry: one RequestRecord per finished request, fanned out to sinks that never feed back.
 
-`Telemetry.emit` is called once per request, after the response is complete (for a stream: when it
-closes). A sink queues or updates in memory and returns; a failing sink is logged once and never
-affects the request.
+The request path only queues what the record is made of (`submit`, when the response is complete; for
+a stream, when it closes). Records are built and handed to the sinks in batches (`flush`): when BATCH
+requests wait, DELAY_S after the first of them, before `/metrics` is rendered and at shutdown. Done one
+request at a time, between the parsing and proxying of other requests, the same work cost about twice
+as much CPU as in a batch, where its code and data stay in the CPU's caches (measured under load:
+~32 us per request on the event loop one at a time, against ~15 us batched; docs/metrics.md). A sink
+queues or updates in memory and returns; a failing sink is logged once and never affects a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from turnout.config import Settings
+from turnout.telemetry.record import CTX, record_builder
 from turnout.types import RequestRecord, Sink
 
 log = logging.getLogger("turnout")
 
+BATCH = 128  # records waiting that are flushed at once
+DELAY_S = 0.05  # the longest a record waits before the sinks see it
+
+# What a request leaves behind for its record: telemetry.record.build_record's arguments after `models`.
+Inputs = tuple[Any, ...]
+
 
 class Telemetry:
-    def __init__(self, sinks: Iterable[Sink] = (), review: ReviewLog | None = None) -> None:
+    def __init__(
+        self,
+        sinks: Iterable[Sink] = (),
+        review: ReviewLog | None = None,
+        build: Callable[..., RequestRecord] | None = None,
+    ) -> None:
         self.sinks = list(sinks)
         self.review = review  # the opt-in prompt review log; None unless configured
+        self.build = build  # Inputs -> RequestRecord; set by build_telemetry
         self._broken: set[int] = set()
+        self._pending: list[Inputs] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._opened: list[Callable[[], None]] | None = None
+        self._closed: list[Callable[[], None]] | None = None
 
-    def _hooks(self, name: str) -> list[Callable[[], None]]:
-        return [hook for sink in self.sinks if (hook := getattr(sink, name, None)) is not None]
+    @property
+    def enabled(self) -> bool:
+        """Whether anything receives records: with no sink and no review log, no record is built."""
+        return bool(self.sinks) or self.review is not None
 
     def stream_opened(self) -> None:
-        for hook in self._hooks("stream_opened"):
+        if self._opened is None:
+            self._opened = [h for sink in self.sinks if (h := getattr(sink, "stream_opened", None)) is not None]
+        for hook in self._opened:
             hook()
 
     def stream_closed(self) -> None:
-        for hook in self._hooks("stream_closed"):
+        if self._closed is None:
+            self._closed = [h for sink in self.sinks if (h := getattr(sink, "stream_closed", None)) is not None]
+        for hook in self._closed:
             hook()
 
     def exposition(self) -> tuple[bytes, str] | None:
-        """The Prometheus text page, or None when metrics are off."""
+        """The Prometheus text page, or None when metrics are off. Records still waiting are counted first."""
         for sink in self.sinks:
             render = getattr(sink, "render", None)
             if render is not None:
+                self.flush()
                 out: tuple[bytes, str] = render()
                 return out
         return None
 
-    def emit(self, record: RequestRecord) -> None:
-        for i, sink in enumerate(self.sinks):
+    def submit(self, inputs: Inputs) -> None:
+        """Queue a finished request's record inputs (the hot path: a list append, sometimes a timer)."""
+        pending = self._pending
+        pending.append(inputs)
+        if len(pending) >= BATCH:
+            self.flush()
+        elif self._timer is None:
             try:
-                sink.emit(record)
+                self._timer = asyncio.get_running_loop().call_later(DELAY_S, self._flush_later)
+            except RuntimeError:  # no loop (a synchronous caller): hand the record over now
+                self.flush()
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Build the waiting records and hand them to every sink, sink by sink."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        build = self.build
+        assert build is not None, "Telemetry.build is not set"
+        records: list[RequestRecord] = []
+        for inputs in pending:
+            try:
+                records.append(build(*inputs))
             except Exception:
-                if i not in self._broken:
-                    self._broken.add(i)
-                    log.exception("telemetry sink %s failed; its later failures are not logged", type(sink).__name__)
+                log.exception("telemetry: building a request record failed")
+        self.emit_many(records)
+        review = self.review
+        if review is not None:
+            for record, inputs in zip(records, pending, strict=False):
+                ctx = inputs[CTX]
+                if ctx is not None:
+                    review.capture(record, ctx.body)
+
+    def emit_many(self, records: list[RequestRecord]) -> None:
+        for i, sink in enumerate(self.sinks):
+            emit = sink.emit
+            for record in records:
+                try:
+                    emit(record)
+                except Exception:
+                    if i not in self._broken:
+                        self._broken.add(i)
+                        log.exception(
+                            "telemetry sink %s failed; its later failures are not logged", type(sink).__name__
+                        )
+
+    def emit(self, record: RequestRecord) -> None:
+        self.emit_many([record])
 
     async def start(self) -> None:
         for sink in self.sinks:
@@ -59,6 +135,7 @@ class Telemetry:
             await self.review.start()
 
     async def close(self) -> None:
+        self.flush()  # a clean shutdown loses no record
         if self.review is not None:
             await self.review.close()
         for sink in self.sinks:
@@ -103,4 +180,4 @@ def build_telemetry(settings: Settings) -> Telemetry:
         from turnout.telemetry.review import PromptReviewLog
 
         review = PromptReviewLog(settings)
-    return Telemetry(sinks, review)
+    return Telemetry(sinks, review, record_builder(settings.models))

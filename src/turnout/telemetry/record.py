@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 
 from turnout.config import ModelConfig
 from turnout.errors import (
@@ -55,20 +56,24 @@ def estimate_prompt_tokens(ctx: RequestContext) -> int:
     return total
 
 
+CTX = 5  # the position of the RequestContext in a record's inputs (see build_record)
+
+
 def build_record(
-    *,
+    models: Mapping[str, ModelConfig],
     request_id: str,
     started_at: float,
     endpoint: str,
     status: int,
     latency_ms: float,
     ctx: RequestContext | None,
-    models: Mapping[str, ModelConfig],
     error: str | None = None,
     usage: tuple[int | None, int | None] = (None, None),
     ttft_ms: float | None = None,
     deltas: int = 0,
 ) -> RequestRecord:
+    """The record of a finished request. Arguments after `models` are what the request path queues
+    (telemetry.Telemetry.submit), in this order."""
     rec = RequestRecord(request_id, started_at, endpoint, status, error=error, latency_ms=round(latency_ms, 3))
     if ctx is None:
         return rec
@@ -96,3 +101,8 @@ def build_record(
         rec.prompt_tokens, rec.completion_tokens = prompt, completion
         rec.cost_usd = cost(models.get(rec.model or ""), prompt, completion)
     return rec
+
+
+def record_builder(models: Mapping[str, ModelConfig]) -> Callable[..., RequestRecord]:
+    """build_record for one config's models: what Telemetry calls on each queued request."""
+    return functools.partial(build_record, models)

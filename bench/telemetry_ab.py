@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Telemetry overhead end to end, as an interleaved A/B: gateway CPU per request, telemetry on vs off.
+
+    /tmp/peer-venv-bench/bin/python bench/telemetry_ab.py [--rounds 20] [--requests 2000] [--stream]
+
+`gatebench.py --telemetry-overhead` runs `turnout` and `turnout-bare` seconds apart, one after the other;
+on a shared 2-core VM the gateway's CPU per request drifts by 20-40 % between such runs (steal time,
+neighbours, frequency), more than the effect measured. Here every config runs as its own server, all
+started at once and pinned to the same core, and short bursts of the same load go to each in turn,
+round after round (the order rotates): a drift hits every config alike, and the ratio of their CPU per
+request is what is left. CPU is read from /proc/PID/task/*/schedstat (nanoseconds, every thread: the
+audit writer included).
+
+Layout as gatebench's compare.py: the gateways on cpu 0, gatebench's fake upstream and its load
+generator (loadgen.py, keep-alive, `--conc` connections) on cpu 1. Configs: `bare` (bench/
+turnout-bench-bare.yaml: no metrics, no audit log), `full` (bench/turnout-bench.yaml: metrics + audit),
+and with `--parts` also `metrics` and `audit` alone. The model is `lite` (an explicit route).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import IO
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UP_PORT, FIRST_PORT = 18100, 18101
+
+
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid`, in ns (schedstat's first field)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:  # a thread that just ended
+            continue
+    return total
+
+
+def wait_ready(url: str, timeout: float = 120) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=5).status == 200:
+                return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def start(cmd: list[str], cpus: str, log: IO[bytes], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["taskset", "-c", cpus, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def configs(parts: bool, work: str) -> dict[str, str]:
+    """name -> config file, each a copy with a runtime directory (audit file) of its own. `metrics` and
+    `audit` are the full config with the other sink turned off."""
+    bench = os.path.join(REPO, "bench")
+    full = read(os.path.join(bench, "turnout-bench.yaml"))
+    texts = {"bare": read(os.path.join(bench, "turnout-bench-bare.yaml")), "full": full}
+    if parts:
+        for name, off in (("metrics", "audit"), ("audit", "metrics")):
+            texts[name] = full + f"telemetry:\n  {off}:\n    enabled: false\n"
+    out = {}
+    for name, text in texts.items():
+        out[name] = path = os.path.join(work, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(text + f"runtime_dir: {os.path.join(work, name)}\n")
+    return out
+
+
+def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int]:
+    """(requests answered, gateway CPU ns) for one burst of n requests."""
+    cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{port}", "--model", a.model,
+           "-c", str(a.conc), "-n", str(n), "-d", "60"] + ["--stream"] * a.stream  # fmt: skip
+    c0 = task_cpu_ns(pid)
+    out = subprocess.run(["taskset", "-c", a.bench_cpus, *cmd], capture_output=True, text=True, check=True).stdout
+    c1 = task_cpu_ns(pid)
+    line = next(x for x in out.splitlines() if x.startswith("GATEBENCH "))
+    r = json.loads(line[10:])
+    if r.get("errors"):
+        raise RuntimeError(f"errors in a burst on :{port}: {r['errors']}")
+    return r["requests"], c1 - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per burst")
+    ap.add_argument("--conc", type=int, default=64)
+    ap.add_argument("--stream", action="store_true", help="SSE (16 chunks) instead of JSON")
+    ap.add_argument("--parts", action="store_true", help="also metrics alone and the audit log alone")
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
+    ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
+    ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
+    ap.add_argument("--gw-cpus", default="0")
+    ap.add_argument("--bench-cpus", default="1")
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="turnout-ab-")
+    log = open(os.path.join(work, "servers.log"), "wb")  # noqa: SIM115 (open while the servers run)
+    procs: list[subprocess.Popen[bytes]] = []
+    servers: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
+    try:
+        up = start([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)], a.bench_cpus, log)
+        procs.append(up)
+        for i, (name, conf) in enumerate(configs(a.parts, work).items()):
+            port = FIRST_PORT + i
+            env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
+            cmd = [a.turnout, "serve", "--config", conf, "--port", str(port)]
+            p = start(cmd, a.gw_cpus, log, env)
+            procs.append(p)
+            servers[name] = (port, p.pid)
+        for name, (port, _) in servers.items():
+            if not wait_ready(f"http://127.0.0.1:{port}"):
+                raise SystemExit(f"{name} did not start; see {work}/servers.log")
+        for port, pid in servers.values():  # warm-up: connections, caches, the first audit batches
+            burst(a, port, pid, a.requests // 2)
+        names = list(servers)
+        cpu: dict[str, list[float]] = {n: [] for n in names}  # ms per request, per round
+        totals = {n: [0, 0] for n in names}
+        for r in range(a.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                port, pid = servers[name]
+                done, ns = burst(a, port, pid, a.requests)
+                cpu[name].append(ns / 1e6 / done)
+                totals[name][0] += done
+                totals[name][1] += ns
+            print(f"round {r + 1:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        log.close()
+    kind = "SSE (16 chunks)" if a.stream else "JSON"
+    print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {a.requests} requests per config")
+    print(f"{'config':<8} {'ms/req (all)':>13} {'median':>8} {'vs bare (all)':>14} {'median of round ratios':>23}")
+    base_all = totals["bare"][1] / 1e6 / totals["bare"][0]
+    for n in names:
+        all_ms = totals[n][1] / 1e6 / totals[n][0]
+        ratios = [x / b for x, b in zip(cpu[n], cpu["bare"], strict=True)]
+        print(
+            f"{n:<8} {all_ms:>13.4f} {statistics.median(cpu[n]):>8.4f} {100 * (all_ms / base_all - 1):>+13.1f}% "
+            f"{100 * (statistics.median(ratios) - 1):>+22.1f}%"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
