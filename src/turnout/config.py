@@ -77,7 +77,9 @@ class EncoderConfig(Closed):
     runtime: Literal["onnxruntime", "onnxruntime-int8", "numpy"] = Field(
         "onnxruntime",
         description="how `use` runs its forward pass: ONNX Runtime (~2x faster) or the package's numpy code, "
-        "same vectors either way; `onnxruntime-int8`: int8 weights, ~2x faster again, slightly other vectors",
+        "same vectors either way; `onnxruntime-int8`: int8 weights, ~2x faster again, slightly other vectors. "
+        "`sentence-transformers`: `onnxruntime` runs the directory's ONNX export when it has one (no torch), "
+        "else the sentence-transformers package; `onnxruntime-int8` quantizes the export",
     )
     max_tokens: int = Field(
         48,
@@ -328,6 +330,11 @@ def _encoder_problems(s: Settings) -> list[str]:
     for name, enc in s.encoders.items():
         if enc.kind == "sentence-transformers" and not enc.path:
             out.append(f"encoders.{name}.path: a `sentence-transformers` encoder needs the model directory")
+        if enc.kind == "sentence-transformers" and enc.runtime == "numpy":
+            out.append(
+                f"encoders.{name}.runtime: `numpy` is for the bundled `use`; a sentence-transformers directory runs "
+                "on `onnxruntime` (its ONNX export, else the sentence-transformers package) or `onnxruntime-int8`"
+            )
         if enc.kind == "openai":
             if enc.upstream not in s.upstreams:
                 out.append(f"encoders.{name}.upstream: name an upstream under `upstreams` that serves embeddings")

@@ -31,7 +31,8 @@ def _use(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> En
 
 
 def _st(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:
-    return SentenceTransformerEncoder(cfg.path or "", threads=cfg.threads, max_tokens=cfg.max_tokens)
+    return SentenceTransformerEncoder(cfg.path or "", threads=cfg.threads, max_tokens=cfg.max_tokens,
+                                      runtime=cfg.runtime)  # fmt: skip
 
 
 def _remote(name: str, cfg: EncoderConfig, upstreams: Mapping[str, Upstream]) -> Encoder:

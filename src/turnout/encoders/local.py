@@ -189,21 +189,48 @@ class USEEncoder(_ThreadedEncoder):
 
 
 class SentenceTransformerEncoder(_ThreadedEncoder):
-    """Any sentence-transformers model in a local directory (needs `pip install sentence-transformers`)."""
+    """Any sentence-transformers model in a local directory: on ONNX Runtime when the directory holds an
+    ONNX export (encoders/onnx_dir.py: no torch needed), else through the sentence-transformers package."""
 
-    def __init__(self, path: str, threads: int = 1, max_tokens: int = 256) -> None:
+    def __init__(self, path: str, threads: int = 1, max_tokens: int = 256, runtime: str = "onnxruntime") -> None:
         super().__init__()
         self.path = path
         self.threads = threads
         self.max_tokens = max_tokens
+        self.runtime = runtime
+        self._onnx = False
         self.id = f"sentence-transformers:{path}"
+        if runtime == "onnxruntime-int8":
+            self.id += ":int8"  # other vectors: caches and trained models keyed apart
+
+    @property
+    def handoff(self) -> bool:  # type: ignore[override]
+        return self._onnx
 
     def _load(self) -> Any:
+        from pathlib import Path
+
+        from turnout.encoders.onnx_dir import OnnxSentenceModel, find_export
+
+        root = Path(self.path)
+        export = find_export(root)
+        if export is not None:
+            model = OnnxSentenceModel(root, export, self.threads, int8=self.runtime == "onnxruntime-int8")
+            self._onnx = True
+            return model
+        if self.runtime == "onnxruntime-int8":
+            raise ConfigError(
+                f"encoder at `{self.path}`: `runtime: onnxruntime-int8` needs an ONNX export in the directory "
+                "(onnx/model.onnx and tokenizer.json; sentence-transformers' `export_optimized_onnx_model` "
+                "or `model.save(..., backend='onnx')` writes one)"
+            )
         try:
             from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
         except ImportError:
             raise ConfigError(
-                f"encoder at `{self.path}` needs sentence-transformers: `pip install sentence-transformers`"
+                f"encoder at `{self.path}`: the directory has no ONNX export (onnx/model.onnx with tokenizer.json), "
+                "so it needs sentence-transformers: `pip install sentence-transformers`, or save the model with "
+                "an ONNX export to run it without torch"
             ) from None
         try:
             import torch  # type: ignore[import-not-found]
@@ -214,4 +241,6 @@ class SentenceTransformerEncoder(_ThreadedEncoder):
         return SentenceTransformer(self.path, device="cpu", local_files_only=True)
 
     def _run(self, texts: list[str], started: threading.Event | None) -> Any:
+        if self._onnx:
+            return self._model.encode(texts, started)
         return self._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
