@@ -84,6 +84,7 @@ def configs(parts: bool, work: str) -> dict[str, str]:
     """name -> config file, each a copy with a runtime directory (audit file) of its own. `metrics` and
     `audit` are the full config with the other sink turned off."""
     bench = os.path.join(REPO, "bench")
+    os.makedirs(work, exist_ok=True)
     full = read(os.path.join(bench, "turnout-bench.yaml"))
     texts = {"bare": read(os.path.join(bench, "turnout-bench-bare.yaml")), "full": full}
     if parts:
@@ -97,8 +98,8 @@ def configs(parts: bool, work: str) -> dict[str, str]:
     return out
 
 
-def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int]:
-    """(requests answered, gateway CPU ns) for one burst of n requests."""
+def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float]:
+    """(requests answered, gateway CPU ns, latency p50 ms) for one burst of n requests."""
     cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{port}", "--model", a.model,
            "-c", str(a.conc), "-n", str(n), "-d", "60"] + ["--stream"] * a.stream  # fmt: skip
     c0 = task_cpu_ns(pid)
@@ -108,7 +109,7 @@ def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int]
     r = json.loads(line[10:])
     if r.get("errors"):
         raise RuntimeError(f"errors in a burst on :{port}: {r['errors']}")
-    return r["requests"], c1 - c0
+    return r["requests"], c1 - c0, r["lat_ms"]["p50"]
 
 
 def main() -> None:
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--parts", action="store_true", help="also metrics alone and the audit log alone")
     ap.add_argument("--model", default="lite")
     ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
+    ap.add_argument("--other", metavar="TURNOUT", help="also `other`: the full config on another turnout build "
+                    "(a commit unpacked as bench/README.md shows), to compare two builds the same way")  # fmt: skip
     ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
     ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
     ap.add_argument("--gw-cpus", default="0")
@@ -133,10 +136,13 @@ def main() -> None:
     try:
         up = start([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)], a.bench_cpus, log)
         procs.append(up)
-        for i, (name, conf) in enumerate(configs(a.parts, work).items()):
+        variants = [(name, a.turnout, conf) for name, conf in configs(a.parts, work).items()]
+        if a.other:
+            variants.append(("other", a.other, configs(False, os.path.join(work, "other"))["full"]))
+        for i, (name, exe, conf) in enumerate(variants):
             port = FIRST_PORT + i
             env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
-            cmd = [a.turnout, "serve", "--config", conf, "--port", str(port)]
+            cmd = [exe, "serve", "--config", conf, "--port", str(port)]
             p = start(cmd, a.gw_cpus, log, env)
             procs.append(p)
             servers[name] = (port, p.pid)
@@ -147,13 +153,15 @@ def main() -> None:
             burst(a, port, pid, a.requests // 2)
         names = list(servers)
         cpu: dict[str, list[float]] = {n: [] for n in names}  # ms per request, per round
+        p50: dict[str, list[float]] = {n: [] for n in names}  # latency p50 ms, per round
         totals = {n: [0, 0] for n in names}
         for r in range(a.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 port, pid = servers[name]
-                done, ns = burst(a, port, pid, a.requests)
+                done, ns, lat = burst(a, port, pid, a.requests)
                 cpu[name].append(ns / 1e6 / done)
+                p50[name].append(lat)
                 totals[name][0] += done
                 totals[name][1] += ns
             print(f"round {r + 1:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
@@ -163,14 +171,15 @@ def main() -> None:
         log.close()
     kind = "SSE (16 chunks)" if a.stream else "JSON"
     print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {a.requests} requests per config")
-    print(f"{'config':<8} {'ms/req (all)':>13} {'median':>8} {'vs bare (all)':>14} {'median of round ratios':>23}")
+    print(f"{'config':<8} {'ms/req (all)':>13} {'median':>8} {'vs bare (all)':>14} {'median of round ratios':>23} "
+          f"{'latency p50 ms':>15}")  # fmt: skip
     base_all = totals["bare"][1] / 1e6 / totals["bare"][0]
     for n in names:
         all_ms = totals[n][1] / 1e6 / totals[n][0]
         ratios = [x / b for x, b in zip(cpu[n], cpu["bare"], strict=True)]
         print(
             f"{n:<8} {all_ms:>13.4f} {statistics.median(cpu[n]):>8.4f} {100 * (all_ms / base_all - 1):>+13.1f}% "
-            f"{100 * (statistics.median(ratios) - 1):>+22.1f}%"
+            f"{100 * (statistics.median(ratios) - 1):>+22.1f}% {statistics.median(p50[n]):>15.3f}"
         )
     shutil.rmtree(work, ignore_errors=True)
 

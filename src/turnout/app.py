@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 import orjson
 
 from turnout.config import Settings
-from turnout.errors import AuthError, BodyTooLarge, MethodNotAllowed, PathNotFound, RequestError, TurnoutError
+from turnout.errors import (
+    AuthError,
+    BodyTooLarge,
+    MethodNotAllowed,
+    PathNotFound,
+    RequestError,
+    TurnoutError,
+    UpstreamError,
+)
 from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, stream_error_event
 from turnout.readiness import Readiness
@@ -227,9 +235,16 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
         }
     )
     watch = DisconnectWatch(receive)
+    see, read, chunk = reply.meter.see, reply.read, reply.first
     try:
-        async for chunk in reply.chunks:
+        while chunk:
+            see(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                chunk = await read()
+            except UpstreamError as exc:  # after the first byte: end the stream with an error event
+                await send({"type": "http.response.body", "body": reply.failed(exc), "more_body": True})
+                break
         watch.done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +43,23 @@ class JsonReply:
     content_type: str
 
 
+MID_STREAM_ERRORS = {"timeout": "timeout", "connect": "connect", "dropped": "connect"}  # else upstream_5xx
+
+
 @dataclass(slots=True)
 class StreamReply:
     content_type: str
-    chunks: AsyncIterator[bytes]  # the first chunk is already buffered inside
-    close: Any  # callable: closes the upstream response at once
+    first: bytes  # the stream's first chunk, read before the client was answered
+    read: Callable[[], Awaitable[bytes]]  # the next chunk; b"" at the end; raises UpstreamError
+    close: Callable[[], None]  # closes the upstream response at once
     meter: StreamMeter
+    upstream: str
+
+    def failed(self, exc: UpstreamError) -> bytes:
+        """The upstream failed mid-stream: record why, and the error event that ends the client's stream."""
+        kind = exc.kind
+        self.meter.error = MID_STREAM_ERRORS.get(kind, "upstream_5xx")
+        return stream_error_event(f"upstream `{self.upstream}` failed mid-stream ({kind})", "stream_interrupted")
 
 
 @dataclass(slots=True)
@@ -90,21 +101,6 @@ def client_error(status: int, body: bytes, upstream: str, secrets: tuple[str, ..
 
 def stream_error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
     return b"data: " + error_body(message, type_, None, code) + b"\n\n"
-
-
-async def _relay(first: bytes, rest: AsyncIterator[bytes], upstream: str, meter: StreamMeter) -> AsyncIterator[bytes]:
-    see = meter.see
-    see(first)
-    yield first
-    try:
-        async for chunk in rest:
-            see(chunk)
-            yield chunk
-    except UpstreamError as exc:
-        meter.error = (
-            "timeout" if exc.kind == "timeout" else "connect" if exc.kind in ("connect", "dropped") else "upstream_5xx"
-        )
-        yield stream_error_event(f"upstream `{upstream}` failed mid-stream ({exc.kind})", "stream_interrupted")
 
 
 class Proxy:
@@ -183,16 +179,10 @@ class Proxy:
             await self._raise_for_status(resp, upstream.name)
         if not stream:
             return JsonReply(resp.status, await resp.read(), resp.content_type)
-        chunks = resp.chunks()
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            raise UpstreamDropped(f"upstream `{upstream.name}` closed the stream before any data") from None
-        except BaseException:
-            resp.close()
-            raise
-        meter = StreamMeter(started)
-        return StreamReply(resp.content_type, _relay(first, chunks, upstream.name, meter), resp.close, meter)
+        first = await resp.next_chunk()  # a failure has closed the response
+        if not first:
+            raise UpstreamDropped(f"upstream `{upstream.name}` closed the stream before any data")
+        return StreamReply(resp.content_type, first, resp.next_chunk, resp.close, StreamMeter(started), upstream.name)
 
     async def _raise_for_status(self, resp: UpstreamResponse, upstream: str) -> None:
         status = resp.status

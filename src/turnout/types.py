@@ -5,7 +5,6 @@ No logic lives here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -163,7 +162,7 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    async def next_chunk(self) -> bytes: ...  # b"" at the end of the body; raises UpstreamError
 
     def close(self) -> None: ...
 
