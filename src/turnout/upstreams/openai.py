@@ -1,15 +1,14 @@
 """The adapter for every OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM, OpenRouter, ...).
 
-It sends one request and translates aiohttp's errors into turnout's at exactly one boundary
-(`_translated`). Retries and fallback live in `turnout.proxy`.
+It sends one request over the upstream's pool of keep-alive connections (turnout.upstreams.http, which
+raises turnout's UpstreamError kinds itself); aiohttp serves only the readiness probes. Retries and
+fallback live in `turnout.proxy`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -18,31 +17,7 @@ import orjson
 from multidict import CIMultiDict
 
 from turnout.config import UpstreamConfig
-from turnout.errors import UpstreamConnectError, UpstreamDropped, UpstreamError, UpstreamTimeout
-
-
-def translated(upstream: str, exc: BaseException) -> UpstreamError:
-    """An aiohttp or socket error as an UpstreamError subclass, most specific first."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError)):
-        return UpstreamTimeout(f"upstream `{upstream}` timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamConnectError(f"cannot connect to upstream `{upstream}`")
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
-        return UpstreamDropped(f"upstream `{upstream}` dropped the connection")
-    return UpstreamError(f"upstream `{upstream}` failed ({type(exc).__name__})")
-
-
-@contextmanager
-def _translated(upstream: str) -> Iterator[None]:
-    """Map aiohttp and socket errors to UpstreamError subclasses (see `translated`)."""
-    try:
-        yield
-    except UpstreamError:
-        raise
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise translated(upstream, exc) from exc
+from turnout.upstreams.http import ConnectionPool, HttpResponse
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -59,54 +34,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-class OpenAIResponse:
-    __slots__ = ("_resp", "_upstream", "content_type", "retry_after", "status")
-
-    def __init__(self, resp: aiohttp.ClientResponse, upstream: str) -> None:
-        self._resp = resp
-        self._upstream = upstream
-        self.status = resp.status
-        self.content_type = resp.headers.get("Content-Type", "application/json")
-        self.retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
-
-    async def read(self) -> bytes:
-        with _translated(self._upstream):
-            try:
-                return await self._resp.read()
-            except BaseException:
-                self._resp.close()
-                raise
-            finally:
-                self._resp.release()
-
-    async def next_chunk(self) -> bytes:
-        """The next part of the body, as much as has arrived; b"" once it is complete, and the connection
-        then goes back to the pool. Any failure closes the connection. One plain call per chunk: a stream
-        relays ~20 of them, and each layer of async generator around the reads cost ~1-2 us per chunk."""
-        try:
-            data = await self._resp.content.readany()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._resp.close()
-            raise translated(self._upstream, exc) from exc
-        except BaseException:
-            self._resp.close()
-            raise
-        if not data:
-            self._resp.release()
-        return data
-
-    def close(self) -> None:
-        self._resp.close()
-
-
 class OpenAIUpstream:
-    """One shared, pooled aiohttp session per upstream, created lazily inside the running loop."""
+    """One upstream: its pool of keep-alive connections for requests, and an aiohttp session for probes
+    (created lazily inside the running loop)."""
 
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.config = config
         self._base = config.base_url.rstrip("/")
-        self._url = self._base + "/chat/completions"
         headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
@@ -114,7 +49,10 @@ class OpenAIUpstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.first_byte_timeout_s
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # for probes only (off the request path)
+        self._pool = ConnectionPool(
+            name, self._base, headers, config.connect_timeout_s, config.first_byte_timeout_s, config.max_connections
+        )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -124,12 +62,11 @@ class OpenAIUpstream:
             )
         return self._session
 
-    async def send(self, model: str, payload: bytes, stream: bool, path: str = "/chat/completions") -> OpenAIResponse:
-        session = self._session or self._get_session()
-        url = self._url if path == "/chat/completions" else self._base + path
-        with _translated(self.name):
-            resp = await session.post(url, data=payload, headers=self._headers)
-        return OpenAIResponse(resp, self.name)
+    async def send(self, model: str, payload: bytes, stream: bool, path: str = "/chat/completions") -> HttpResponse:
+        resp = await self._pool.post(path, payload)
+        if resp.status in (429, 503):
+            resp.retry_after = parse_retry_after(resp.header(b"retry-after"))
+        return resp
 
     async def probe(self, timeout_s: float) -> tuple[bool, str, list[str]]:
         """GET /models: (reachable, a short human status, the model ids it lists)."""
@@ -158,6 +95,7 @@ class OpenAIUpstream:
         return True, f"ok ({ms:.0f} ms)", ids
 
     async def close(self) -> None:
+        self._pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
