@@ -7,6 +7,7 @@
 turnout-bare, telemetry off), but on a shared 2-core VM its per-run noise (steal time, neighbours) is
 larger than the effect. This measures the parts directly, on the real sinks, with thread CPU clocks:
 
+  record build        telemetry.record.build_record, from what the request path queued, on the event loop
   metrics emit        MetricsSink.emit, on the event loop
   audit emit          AuditSink.emit (the row tuple and the queue append), on the event loop
   audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
@@ -28,7 +29,8 @@ from turnout.app import tune_gc
 from turnout.config import default_config_tree, validate
 from turnout.telemetry.audit import AuditSink
 from turnout.telemetry.metrics import MetricsSink
-from turnout.types import Attempt, RequestRecord
+from turnout.telemetry.record import build_record
+from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
 
 
 def record(i: int) -> RequestRecord:
@@ -46,6 +48,21 @@ def record(i: int) -> RequestRecord:
     )  # fmt: skip
 
 
+def inputs(i: int) -> tuple[object, ...]:
+    """What the request path queues for the same request (build_record's arguments after `models`)."""
+    ctx = RequestContext(f"req{i}", {"model": "auto", "messages": []}, "auto", False)
+    ctx.decision = Decision(
+        "lite", "semantic", router="auto", confidence=0.41, reason="closest example utterances belong to `lite`",
+        scores={"lite": 0.41, "deep": 0.22}, threshold=0.18, margin=0.1, provenance=["lite:12", "lite:40", "lite:7"],
+        trace=[{"strategy": "explicit", "verdict": "abstained"}, {"strategy": "rules", "verdict": "abstained"},
+               {"strategy": "semantic", "verdict": "decided", "route": "lite", "confidence": 0.41}],
+        elapsed_ms=2.9,
+    )  # fmt: skip
+    ctx.target = Target("lite", "default", "m")
+    ctx.attempts = [Attempt("lite", None, 200, 0.4, 3.1)]
+    return (ctx.request_id, time.time(), "chat", 200, 3.6, ctx, None, (12 + i % 50, 40), None, 0)
+
+
 def thread_cpu(ident: int | None) -> float:
     assert ident is not None
     return time.clock_gettime(time.pthread_getcpuclockid(ident))
@@ -58,8 +75,14 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     metrics, audit = MetricsSink(settings), AuditSink(settings)
     await audit.start()
     records = [record(i) for i in range(n)]
+    queued = [inputs(i) for i in range(n)]
     tune_gc()  # as the gateway does after start-up (app.tune_gc)
     out: dict[str, float] = {}
+
+    t = time.thread_time()
+    for q in queued:
+        build_record(settings.models, *q)  # type: ignore[arg-type]
+    out["record build"] = (time.thread_time() - t) / n * 1e6
 
     t = time.thread_time()
     for r in records:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +235,70 @@ def test_a_cancelled_request_closes_its_connection_and_frees_its_slot() -> None:
         assert pool._open == 0 and not pool._idle
 
     run(handler, test, limit=1)
+
+
+def test_a_response_dropped_unread_gives_its_slot_back() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def test(pool: ConnectionPool, accepted: list[int]) -> None:
+        resp = await pool.post("/chat/completions", b"{}")
+        assert pool._open == 1
+        del resp  # never read to its end, never closed
+        assert pool._open == 0
+
+    run(handler, test, limit=1)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate (and key, in the same file) for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    pem = tmp_path / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pem), "-out", str(pem)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return pem
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_https_upstreams_speak_tls_and_verify_the_certificate(
+    certificate: Path, trusted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if trusted:  # the system trust store, as OpenSSL reads it, extended the documented way
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+
+    async def main() -> None:
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(certificate)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await read_request(reader)
+                writer.write(answer(b'{"tls":true}'))
+                await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool("up", f"https://127.0.0.1:{port}/v1", {}, 2.0, 2.0, 4)
+        try:
+            if trusted:
+                assert await (await pool.post("/chat/completions", b"{}")).read() == b'{"tls":true}'
+            else:
+                with pytest.raises(UpstreamConnectError, match="SSLCertVerificationError"):
+                    await pool.post("/chat/completions", b"{}")
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(main())

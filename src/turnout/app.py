@@ -227,13 +227,12 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> bool:
     """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once.
     Returns True when the stream was cut short (the client left, or the shutdown grace ran out)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers],
-        }
-    )
+    start = [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers]
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+    except BaseException:
+        reply.close()  # the upstream connection is closed, never left holding its pool slot
+        raise
     watch = DisconnectWatch(receive)
     see, read, chunk = reply.meter.see, reply.read, reply.first
     try:

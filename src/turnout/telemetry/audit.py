@@ -391,10 +391,6 @@ def stored_reason(record: RequestRecord) -> str | None:
     return f"{strategy}_decision"
 
 
-def _num(value: float | None) -> float | None:
-    return None if value is None else float(value)  # numpy scalars become plain floats
-
-
 def dumps(value: Any, option: int = 0) -> bytes:
     """orjson, with numpy scalars (strategies' scores) and, as a last resort, anything else as a string."""
     return orjson.dumps(value, default=str, option=option | orjson.OPT_SERIALIZE_NUMPY)
@@ -408,11 +404,11 @@ def audit_doc(r: RequestRecord) -> Doc:
     whose fields are the stored keys (times already rounded), so orjson writes them as they are."""
     values = [
         utc_day(r.started_at), r.request_id, r.endpoint, r.status, r.error, r.router, r.route, r.model, r.upstream,
-        r.strategy, stored_reason(r), _num(r.confidence), _num(r.threshold), _num(r.margin), r.scores,
+        r.strategy, stored_reason(r), r.confidence, r.threshold, r.margin, r.scores,
         r.provenance, r.trace, r.decision_ms, r.attempts, r.stream, r.latency_ms, r.ttft_ms, r.prompt_tokens,
         r.completion_tokens, r.tokens_estimated, r.cost_usd, r.cache, r.guards,
     ]  # fmt: skip
-    return r.started_at, dumps(values).decode()
+    return r.started_at, orjson.dumps(values, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def jsonl_line(doc: Doc) -> bytes:

@@ -256,7 +256,10 @@ class MetricsSink:
         route = self._routes.get(record.route, OTHER)
         router = self._routers.get(record.router, OTHER)
         endpoint = self._endpoints.get(record.endpoint, OTHER)
-        self.requests.inc((endpoint, router, route, model, status_label(record.status)))
+        code = record.status
+        counts = self.requests.values  # the dict updates inline: emit runs once per request
+        key = (endpoint, router, route, model, STATUS[code] if 0 <= code < 600 else OTHER)
+        counts[key] = counts.get(key, 0) + 1
         chat = endpoint == "chat"
         if chat:
             self.request_seconds.observe((route, "true" if record.stream else "false"), record.latency_ms / 1000)
@@ -266,7 +269,7 @@ class MetricsSink:
             self._decision(record, router, route, model)
         if record.attempts:
             self._attempts(record.attempts, route)
-        if chat and record.status == 200:
+        if chat and code == 200:
             self._usage(record, model)
         if record.cache != "off":
             self.cache.inc((route, self._cache_results.get(record.cache, OTHER)))
@@ -345,9 +348,11 @@ class MetricsSink:
         strategies, verdicts = self._strategies, self._verdicts
         strategy = strategies.get(record.strategy, OTHER)
         failed = low = 0
+        counts = self.verdicts.values
         for entry in record.trace:
             verdict = verdicts.get(entry.get("verdict"), OTHER)
-            self.verdicts.inc((router, strategies.get(entry.get("strategy"), OTHER), verdict))
+            key = (router, strategies.get(entry.get("strategy"), OTHER), verdict)
+            counts[key] = counts.get(key, 0) + 1
             if verdict == "failed":
                 failed += 1
             elif verdict == "below_threshold" or verdict == "below_margin":

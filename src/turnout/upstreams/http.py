@@ -71,6 +71,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # an idle connection has nothing to receive: whatever this is, drop it
+            self.abort()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -229,6 +232,10 @@ class HttpResponse:
         except BaseException:
             self.close()
             raise
+
+    def __del__(self) -> None:
+        if not self._done:  # dropped without being read to its end or closed: never leak the pool slot
+            self.close()
 
     def _finish(self) -> None:
         if not self._done:
