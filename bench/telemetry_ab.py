@@ -98,8 +98,8 @@ def configs(parts: bool, work: str) -> dict[str, str]:
     return out
 
 
-def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float]:
-    """(requests answered, gateway CPU ns, latency p50 ms) for one burst of n requests."""
+def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float, float]:
+    """(requests answered, gateway CPU ns, latency p50 ms, latency p99 ms) for one burst of n requests."""
     cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{port}", "--model", a.model,
            "-c", str(a.conc), "-n", str(n), "-d", "60"] + ["--stream"] * a.stream  # fmt: skip
     c0 = task_cpu_ns(pid)
@@ -109,7 +109,7 @@ def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int,
     r = json.loads(line[10:])
     if r.get("errors"):
         raise RuntimeError(f"errors in a burst on :{port}: {r['errors']}")
-    return r["requests"], c1 - c0, r["lat_ms"]["p50"]
+    return r["requests"], c1 - c0, r["lat_ms"]["p50"], r["lat_ms"]["p99"]
 
 
 def main() -> None:
@@ -154,14 +154,16 @@ def main() -> None:
         names = list(servers)
         cpu: dict[str, list[float]] = {n: [] for n in names}  # ms per request, per round
         p50: dict[str, list[float]] = {n: [] for n in names}  # latency p50 ms, per round
+        p99: dict[str, list[float]] = {n: [] for n in names}
         totals = {n: [0, 0] for n in names}
         for r in range(a.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 port, pid = servers[name]
-                done, ns, lat = burst(a, port, pid, a.requests)
+                done, ns, lat, tail = burst(a, port, pid, a.requests)
                 cpu[name].append(ns / 1e6 / done)
                 p50[name].append(lat)
+                p99[name].append(tail)
                 totals[name][0] += done
                 totals[name][1] += ns
             print(f"round {r + 1:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
@@ -172,7 +174,7 @@ def main() -> None:
     kind = "SSE (16 chunks)" if a.stream else "JSON"
     print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {a.requests} requests per config")
     print(f"{'config':<8} {'ms/req (all)':>13} {'median':>8} {'vs bare (all)':>14} {'median of round ratios':>23} "
-          f"{'latency p50 ms':>15}")  # fmt: skip
+          f"{'latency p50 ms':>15} {'p99 ms':>7}")  # fmt: skip
     base_all = totals["bare"][1] / 1e6 / totals["bare"][0]
     for n in names:
         all_ms = totals[n][1] / 1e6 / totals[n][0]
@@ -180,6 +182,7 @@ def main() -> None:
         print(
             f"{n:<8} {all_ms:>13.4f} {statistics.median(cpu[n]):>8.4f} {100 * (all_ms / base_all - 1):>+13.1f}% "
             f"{100 * (statistics.median(ratios) - 1):>+22.1f}% {statistics.median(p50[n]):>15.3f}"
+            f" {statistics.median(p99[n]):>7.3f}"
         )
     shutil.rmtree(work, ignore_errors=True)
 
