@@ -210,3 +210,20 @@ def test_every_target_rate_limited_is_a_429(make_gateway: GatewayFactory) -> Non
     r = chat(gw.url, "lite")
     assert r.status_code == 429
     assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(("after", "second_attempts"), [(1, "1"), (3, "2")])
+def test_an_upstream_marked_down_is_tried_last_after_the_configured_failures(
+    make_gateway: GatewayFactory, upstream: UpstreamThread, after: int, second_attempts: str
+) -> None:
+    gw = make_gateway(
+        routes={"lite": {"targets": ["dead-model", "lite-model"]}},
+        proxy={"attempts_per_target": 1, "unhealthy_after": after, "unhealthy_cooldown_s": 60},
+    )
+    with sdk(gw) as client:
+        first = client.chat.completions.with_raw_response.create(model="lite", messages=HI)
+        second = client.chat.completions.with_raw_response.create(model="lite", messages=HI)
+    assert first.headers["x-turnout-attempts"] == "2"  # the dead upstream first, then the live one
+    # one failure marks it down with unhealthy_after 1: the live target goes first; with 3 not yet
+    assert second.headers["x-turnout-attempts"] == second_attempts
+    assert second.parse().choices[0].message.content

@@ -175,6 +175,12 @@ class ProxyConfig(Closed):
     retry_after_cap_s: float = Field(
         2.0, ge=0, description="honour a 429's `Retry-After` up to this; longer means go to the next target"
     )
+    unhealthy_after: int = Field(
+        3, ge=1, le=1000, description="consecutive failed attempts after which an upstream's targets are tried last"
+    )
+    unhealthy_cooldown_s: float = Field(
+        10.0, ge=0, description="how long an upstream stays marked down after its latest failure (0: never)"
+    )
 
 
 class MetricsConfig(Closed):

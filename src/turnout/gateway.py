@@ -26,7 +26,7 @@ class Gateway:
     def __init__(self, settings: Settings, upstreams: Mapping[str, Upstream]) -> None:
         self.settings = settings
         self.upstreams = upstreams
-        self.health = HealthBoard()
+        self.health = HealthBoard(settings.proxy.unhealthy_after, settings.proxy.unhealthy_cooldown_s)
         self.encoders = EncoderSet(settings.encoders, upstreams)
         self.resources = Resources(settings, self.encoders, EmbeddingCache(settings.runtime_dir), upstreams)
         self.routers = build_routers(settings, self.resources)
