@@ -214,7 +214,7 @@ def test_every_target_rate_limited_is_a_429(make_gateway: GatewayFactory) -> Non
 
 @pytest.mark.parametrize(("after", "second_attempts"), [(1, "1"), (3, "2")])
 def test_an_upstream_marked_down_is_tried_last_after_the_configured_failures(
-    make_gateway: GatewayFactory, upstream: UpstreamThread, after: int, second_attempts: str
+    make_gateway: GatewayFactory, after: int, second_attempts: str
 ) -> None:
     gw = make_gateway(
         routes={"lite": {"targets": ["dead-model", "lite-model"]}},
