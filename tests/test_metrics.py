@@ -176,7 +176,7 @@ def test_upstream_failures_count_errors_retries_and_fallbacks(
     assert p.get("turnout_upstream_duration_seconds_count", model="m-500", outcome="error") == 2
     assert p.get("turnout_upstream_duration_seconds_count", model="lite-model", outcome="ok") == 1
     timeouts = p.get("turnout_upstream_duration_seconds_sum", model="m-timeout", outcome="error")
-    assert 0.4 <= timeouts < 1.5  # two attempts cut at first_byte_timeout_s 0.2
+    assert 0.39 <= timeouts < 1.5  # two attempts cut at first_byte_timeout_s 0.2 (timers may fire ~0.1 ms early)
 
 
 def test_a_client_that_leaves_mid_stream_is_cancelled_and_the_stream_gauge_returns_to_zero(
