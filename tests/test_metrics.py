@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
 from turnout.config import validate
-from turnout.telemetry.metrics import HistogramFamily, MetricsSink, status_label
+from turnout.telemetry.metrics import TALLY_LIMIT, HistogramFamily, MetricsSink, status_label
 from turnout.types import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,6 +314,42 @@ def test_unknown_values_collapse_to_other_and_free_text_never_becomes_a_label() 
     assert p.get("turnout_cache_requests_total", route="other", result="semantic_hit") == 1
     for text in ("brand_new_reason", "ghost", "nowhere", "gpt-secret-id", "telepathy", SECRET, "mystery", "pondered"):
         assert text not in p.text
+
+
+def test_many_distinct_request_kinds_stay_bounded_in_memory_and_all_are_counted() -> None:
+    """`emit` counts per request signature and folds signatures into the counters at a scrape, or sooner
+    when TALLY_LIMIT distinct ones wait: a flood of unseen error codes neither grows memory nor loses counts."""
+    s = sink()
+    n = TALLY_LIMIT * 2 + 17
+    for i in range(n):
+        s.emit(RequestRecord(f"r{i}", 0.0, "chat", 502, error=f"never-seen-{i}", route="lite", model="lite-model"))
+        assert len(s._tallies) <= TALLY_LIMIT
+    p = page_of(s)
+    assert p.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="lite-model",
+                 status="502") == n  # fmt: skip
+    assert p.get("turnout_errors_total", model="lite-model", reason="other") == n
+    assert "never-seen" not in p.text
+
+
+def test_requests_of_one_kind_add_up_tokens_and_cost_across_scrapes() -> None:
+    s = sink()
+    for i in range(3):
+        s.emit(RequestRecord(f"r{i}", 0.0, "chat", 200, route="lite", model="lite-model", prompt_tokens=10 + i,
+                             completion_tokens=5, cost_usd=0.25, latency_ms=12.0))  # fmt: skip
+    first = page_of(s)
+    s.emit(RequestRecord("r9", 0.0, "chat", 200, route="lite", model="lite-model", prompt_tokens=7,
+                         completion_tokens=0, tokens_estimated=True, cost_usd=None, latency_ms=3.0))  # fmt: skip
+    p = page_of(s)
+    tok = "turnout_tokens_total"
+    assert first.get(tok, model="lite-model", direction="input", source="reported") == 33
+    assert p.get(tok, model="lite-model", direction="input", source="reported") == 33
+    assert p.get(tok, model="lite-model", direction="output", source="reported") == 15
+    assert p.get(tok, model="lite-model", direction="input", source="estimated") == 7
+    assert p.get(tok, model="lite-model", direction="output", source="estimated") == 0  # no series for 0
+    assert p.get("turnout_cost_total", model="lite-model", currency="USD") == 0.75
+    assert p.get("turnout_request_duration_seconds_count", route="lite", stream="false") == 4
+    assert p.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="lite-model",
+                 status="200") == 4  # fmt: skip
 
 
 @pytest.mark.parametrize(("code", "label"), [(200, "200"), (429, "429"), (499, "499"), (418, "4xx"), (201, "2xx"),

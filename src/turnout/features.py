@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from turnout.numbers import round3
+
 if TYPE_CHECKING:
     from turnout.encoders import EncoderCall
 
@@ -203,7 +205,7 @@ class Features:
             out["deep_reason"] = max(out.get("deep_reason", 0.0), 0.7)
         if not out:
             out["chat_lite"] = 0.8 if self.tokens < 200 else 0.5
-        return {k: round(v, 3) for k, v in out.items()}
+        return {k: round3(v) for k, v in out.items()}
 
     def signals(self) -> dict[str, Any]:
         """The features as reported in a decision (never the text itself)."""

@@ -29,6 +29,7 @@ from turnout.errors import (
     error_body,
 )
 from turnout.health import HealthBoard
+from turnout.numbers import round3
 from turnout.telemetry.meter import StreamMeter
 from turnout.types import Attempt, Target, Upstream, UpstreamResponse
 
@@ -198,8 +199,8 @@ class Proxy:
 
 
 def _off(start: float, started: float) -> float:
-    return round((start - started) * 1000, 3) if started else 0.0
+    return round3((start - started) * 1000) if started else 0.0
 
 
 def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
+    return round3((time.perf_counter() - start) * 1000)

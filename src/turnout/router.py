@@ -21,6 +21,7 @@ from turnout.config import RouterConfig, Settings
 from turnout.encoders import EmbeddingCache, EncoderSet
 from turnout.errors import ClassificationFailed
 from turnout.features import Features
+from turnout.numbers import round4
 from turnout.sessions import SessionRoutes
 from turnout.strategies.rules import RulesStrategy
 from turnout.strategies.semantic import SemanticStrategy
@@ -159,7 +160,7 @@ class Router:
                     proposal = None
                     failed.append(strategy.name)
                     trace.append({"strategy": strategy.name, "verdict": "failed", "error": exc.code})
-                ms = round((time.perf_counter() - t0) * 1000, 4)
+                ms = round4((time.perf_counter() - t0) * 1000)
                 timings[strategy.name] = ms
                 if proposal is None:
                     if not trace or trace[-1]["strategy"] != strategy.name:

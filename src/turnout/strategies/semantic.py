@@ -13,6 +13,7 @@ import numpy as np
 from turnout.banks import bank
 from turnout.config import RouterConfig, Settings
 from turnout.encoders import EmbeddingCache, EncoderSet, failing_open
+from turnout.numbers import round4
 from turnout.sparse import SparseIndex
 from turnout.types import Decision, RequestContext
 
@@ -75,7 +76,7 @@ class SemanticStrategy:
         for route, idx in self.members.items():
             sims = combined[idx]
             top = np.argsort(-sims)[:k]
-            scores[route] = round(float(sims[top].mean()), 4)
+            scores[route] = round4(float(sims[top].mean()))
             best[route] = [int(idx[i]) for i in top]
         return scores, best
 

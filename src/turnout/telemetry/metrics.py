@@ -6,8 +6,13 @@ Every label value is bounded. Router, route and model labels take only the confi
 values from fixed sets, again with `other` for anything unexpected. No label ever carries client input,
 prompt text or a key, so the page cannot grow with traffic. docs/metrics.md lists every series.
 
-`emit` runs once per request, so values live in plain dicts keyed by tuples of label values and become
-exposition families only when `/metrics` is scraped (see `CounterFamily`).
+`emit` runs once per request, so it does as little as it can: the counters of a request (requests,
+errors, decisions, strategy verdicts, tokens, cost, cache) are all set by what kind of request it was, so
+`emit` counts requests per *signature* (endpoint, router, route, model, status, error, strategy, the
+strategies' verdicts, cache result) in one dict, with token and cost sums beside the count; the signatures
+are folded into the labelled counters when `/metrics` is scraped, or when TALLY_LIMIT distinct ones wait.
+Histograms are observed per request. Values live in plain dicts keyed by tuples of label values and become
+exposition families only when scraped (see `CounterFamily`).
 
 Under `turnout serve --workers N` each worker counts for itself and a scrape reaches any one of them, so
 the workers of one server share their numbers through snapshot files (see `Siblings`); `emit` is the
@@ -20,6 +25,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,15 @@ DECIDED_BY = {
     "sticky": "sticky", PASSTHROUGH: PASSTHROUGH,
 }  # fmt: skip
 CACHE_RESULTS = ("hit", "semantic_hit", "miss", "bypass")  # `off` (no cache on the route) is not counted
+# Distinct request signatures held before they are folded into the counters (a scrape folds them too).
+# Every part of a signature but the model comes from the config or a fixed set; the model is bounded
+# before it is counted. The limit is a second guard on memory, not the usual path.
+TALLY_LIMIT = 4096
+_VERDICT = itemgetter("strategy", "verdict")  # a trace entry's (strategy, verdict), in C
+
+# A signature: endpoint, router, route, model label, status, error, strategy, ((strategy, verdict), ...),
+# cache, tokens estimated. Its tally: [requests, input tokens, output tokens, cost in USD].
+Signature = tuple[str, str | None, str | None, str, int, str | None, str | None, tuple[tuple[str, str], ...], str, bool]
 
 
 def _bounded(values: Iterable[str], none: str | None = NONE) -> dict[str | None, str]:
@@ -137,13 +152,6 @@ class HistogramFamily:
         self.le = [*(repr(float(b)) for b in buckets), "+Inf"]  # as prometheus_client writes `le`
         self.values: dict[tuple[str, ...], list[float]] = {}
 
-    def observe(self, key: tuple[str, ...], value: float) -> None:
-        counts = self.values.get(key)
-        if counts is None:
-            counts = self.values[key] = [0.0] * (len(self.bounds) + 2)  # buckets, +Inf, then the sum
-        counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value
-        counts[-1] += value
-
     def collect(self, values: dict[tuple[str, ...], Any]) -> Metric:
         """The family with `values`: this one's own, or the sum over a server's workers."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
@@ -154,6 +162,16 @@ class HistogramFamily:
                 buckets.append((le, total))
             family.add_metric(key, buckets, counts[-1])
         return family
+
+
+def _observe(family: HistogramFamily, key: tuple[str, ...], value: float) -> None:
+    """One observation of `value` under `key` (a function, not a method: one bound-method call less on the
+    hot path)."""
+    counts = family.values.get(key)
+    if counts is None:
+        counts = family.values[key] = [0.0] * (len(family.bounds) + 2)
+    counts[bisect_left(family.bounds, value)] += 1
+    counts[-1] += value
 
 
 class MetricsSink:
@@ -240,6 +258,7 @@ class MetricsSink:
             self.tokens, self.cost, self.cache,
         )  # fmt: skip
         self.active_streams = 0
+        self._tallies: dict[Signature, list[float]] = {}
         self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
         self._publisher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
@@ -252,27 +271,43 @@ class MetricsSink:
     # --- the Sink protocol ---------------------------------------------------------------------
 
     def emit(self, record: RequestRecord) -> None:
+        """Count the request under its signature and observe its histograms (~3 us; the labelled counters
+        are set from the signatures when scraped, see `_fold`)."""
         model = self._models.get(record.model, OTHER)
-        route = self._routes.get(record.route, OTHER)
-        router = self._routers.get(record.router, OTHER)
-        endpoint = self._endpoints.get(record.endpoint, OTHER)
         code = record.status
-        counts = self.requests.values  # the dict updates inline: emit runs once per request
-        key = (endpoint, router, route, model, STATUS[code] if 0 <= code < 600 else OTHER)
-        counts[key] = counts.get(key, 0) + 1
-        chat = endpoint == "chat"
+        chat = record.endpoint == "chat"
+        strategy = record.strategy
+        trace = record.trace
+        key: Signature = (
+            record.endpoint, record.router, record.route, model, code, record.error, strategy,
+            tuple(map(_VERDICT, trace)) if trace else (), record.cache, record.tokens_estimated,
+        )  # fmt: skip
+        tallies = self._tallies
+        tally = tallies.get(key)
+        if tally is None:
+            if len(tallies) >= TALLY_LIMIT:
+                self._fold()
+                tallies = self._tallies
+            tally = tallies[key] = [0, 0, 0, 0.0]
+        tally[0] += 1
+        route = self._routes.get(record.route, OTHER)
         if chat:
-            self.request_seconds.observe((route, "true" if record.stream else "false"), record.latency_ms / 1000)
-        if record.error is not None:
-            self.errors.inc((model, self._errors.get(record.error, OTHER)))
-        if record.strategy is not None:
-            self._decision(record, router, route, model)
+            _observe(self.request_seconds, (route, "true" if record.stream else "false"), record.latency_ms / 1000)
+            if code == 200:
+                tally[1] += record.prompt_tokens or 0
+                completion = record.completion_tokens
+                tally[2] += completion or 0
+                tally[3] += record.cost_usd or 0.0
+                ttft = record.ttft_ms
+                if ttft is not None:
+                    _observe(self.ttft, (model,), ttft / 1000)
+                    if completion and record.error is None:
+                        per_token = (record.latency_ms - ttft) / max(completion - 1, 1) / 1000
+                        _observe(self.tpot, (model,), max(per_token, 0.0))
+        if strategy is not None and record.decision_ms is not None:
+            _observe(self.decision_seconds, (self._strategies.get(strategy, OTHER),), record.decision_ms / 1000)
         if record.attempts:
             self._attempts(record.attempts, route)
-        if chat and code == 200:
-            self._usage(record, model)
-        if record.cache != "off":
-            self.cache.inc((route, self._cache_results.get(record.cache, OTHER)))
 
     def stream_opened(self) -> None:
         self.active_streams += 1
@@ -287,6 +322,7 @@ class MetricsSink:
     def collect(self) -> Iterator[Metric]:
         """The registry's view of this sink (prometheus_client's `Collector` protocol): this process's
         numbers, or with siblings, the whole server's."""
+        self._fold()
         if self.siblings is None:
             for family in self.families:
                 yield family.collect(family.values)
@@ -312,6 +348,7 @@ class MetricsSink:
     # --- several workers -------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
+        self._fold()
         return {"streams": self.active_streams, "families": {f.name: list(f.values.items()) for f in self.families}}
 
     def _whole_server(self, siblings: Siblings) -> tuple[Totals, int]:
@@ -344,30 +381,47 @@ class MetricsSink:
 
     # --- parts of a record ---------------------------------------------------------------------
 
-    def _decision(self, record: RequestRecord, router: str, route: str, model: str) -> None:
+    def _fold(self) -> None:
+        """Add the waiting signatures' tallies to the labelled counters: each signature's labels, bounded,
+        and its decision's reason code, worked out once for all the requests that share it."""
+        tallies, self._tallies = self._tallies, {}
         strategies, verdicts = self._strategies, self._verdicts
-        strategy = strategies.get(record.strategy, OTHER)
-        failed = low = 0
-        counts = self.verdicts.values
-        for entry in record.trace:
-            verdict = verdicts.get(entry.get("verdict"), OTHER)
-            key = (router, strategies.get(entry.get("strategy"), OTHER), verdict)
-            counts[key] = counts.get(key, 0) + 1
-            if verdict == "failed":
-                failed += 1
-            elif verdict == "below_threshold" or verdict == "below_margin":
-                low += 1
-        if strategy == "fallback":
-            reason = "failed" if failed else "low_confidence" if low else "abstained"
-        elif strategy == "explicit":
-            reason = "hint" if record.router is not None else "model"
-        else:
-            reason = DECIDED_BY.get(strategy, OTHER)
-        self.decisions.inc((router, route, strategy, reason))
-        if record.decision_ms is not None:
-            self.decision_seconds.observe((strategy,), record.decision_ms / 1000)
-        if failed:
-            self.errors.inc((model, "classification_failed"), failed)
+        for key, (n, prompt, completion, cost) in tallies.items():
+            endpoint, router_raw, route_raw, model, code, error, strategy_raw, trace, cache, estimated = key
+            router = self._routers.get(router_raw, OTHER)
+            route = self._routes.get(route_raw, OTHER)
+            status = STATUS[code] if 0 <= code < 600 else OTHER
+            self.requests.inc((self._endpoints.get(endpoint, OTHER), router, route, model, status), n)
+            if error is not None:
+                self.errors.inc((model, self._errors.get(error, OTHER)), n)
+            if strategy_raw is not None:
+                strategy = strategies.get(strategy_raw, OTHER)
+                failed = low = 0
+                for name, said in trace:
+                    verdict = verdicts.get(said, OTHER)
+                    self.verdicts.inc((router, strategies.get(name, OTHER), verdict), n)
+                    if verdict == "failed":
+                        failed += 1
+                    elif verdict == "below_threshold" or verdict == "below_margin":
+                        low += 1
+                if strategy == "fallback":
+                    reason = "failed" if failed else "low_confidence" if low else "abstained"
+                elif strategy == "explicit":
+                    reason = "hint" if router_raw is not None else "model"
+                else:
+                    reason = DECIDED_BY.get(strategy, OTHER)
+                self.decisions.inc((router, route, strategy, reason), n)
+                if failed:
+                    self.errors.inc((model, "classification_failed"), failed * n)
+            source = "estimated" if estimated else "reported"
+            if prompt:
+                self.tokens.inc((model, "input", source), prompt)
+            if completion:
+                self.tokens.inc((model, "output", source), completion)
+            if cost:
+                self.cost.inc((model, "USD"), cost)
+            if cache != "off":
+                self.cache.inc((route, self._cache_results.get(cache, OTHER)), n)
 
     def _attempts(self, attempts: list[Attempt], route: str) -> None:
         """Latency and errors per attempt; a repeat of the same target is a retry, a new one a fallback."""
@@ -377,7 +431,7 @@ class MetricsSink:
         for attempt in attempts:
             model = models.get(attempt.target, OTHER)
             error = attempt.error
-            self.upstream_seconds.observe((model, "ok" if error is None else "error"), attempt.elapsed_ms / 1000)
+            _observe(self.upstream_seconds, (model, "ok" if error is None else "error"), attempt.elapsed_ms / 1000)
             if error is not None:
                 self.upstream_errors.inc((model, attempt_reason(error)))
             if previous is not None:
@@ -386,19 +440,3 @@ class MetricsSink:
                 else:
                     self.fallbacks.inc((route, left))
             previous, left = attempt.target, model
-
-    def _usage(self, record: RequestRecord, model: str) -> None:
-        source = "estimated" if record.tokens_estimated else "reported"
-        if record.prompt_tokens:
-            self.tokens.inc((model, "input", source), record.prompt_tokens)
-        completion = record.completion_tokens
-        if completion:
-            self.tokens.inc((model, "output", source), completion)
-        if record.cost_usd:
-            self.cost.inc((model, "USD"), record.cost_usd)
-        ttft = record.ttft_ms
-        if ttft is not None:
-            self.ttft.observe((model,), ttft / 1000)
-            if completion and record.error is None:
-                per_token = (record.latency_ms - ttft) / max(completion - 1, 1) / 1000
-                self.tpot.observe((model,), max(per_token, 0.0))

@@ -14,6 +14,7 @@ from turnout.errors import (
     UpstreamClientError,
 )
 from turnout.features import estimate_tokens
+from turnout.numbers import round3, round4
 from turnout.types import RequestContext, RequestRecord
 
 ATTEMPT_ERRORS = {"timeout": "timeout", "connect": "connect", "dropped": "connect", "rate_limited": "rate_limited"}
@@ -76,7 +77,7 @@ def build_record(
     (telemetry.Telemetry.submit), in this order. One constructor call with every field: setting fields
     one by one after construction cost ~1.5 us more per record (this runs once per request)."""
     if ctx is None:
-        return RequestRecord(request_id, started_at, endpoint, status, error=error, latency_ms=round(latency_ms, 3))
+        return RequestRecord(request_id, started_at, endpoint, status, error=error, latency_ms=round3(latency_ms))
     attempts = ctx.attempts
     target = ctx.target
     if target is not None:
@@ -100,13 +101,13 @@ def build_record(
     if d is None:
         return RequestRecord(
             request_id, started_at, endpoint, status, error, model=model, upstream=upstream, attempts=attempts,
-            stream=ctx.stream, latency_ms=round(latency_ms, 3), ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
+            stream=ctx.stream, latency_ms=round3(latency_ms), ttft_ms=None if ttft_ms is None else round3(ttft_ms),
             prompt_tokens=prompt, completion_tokens=completion, tokens_estimated=estimated, cost_usd=cost_usd,
         )  # fmt: skip
     return RequestRecord(
         request_id, started_at, endpoint, status, error, d.router, d.route, model, upstream, d.strategy, d.reason,
-        d.confidence, d.scores, d.threshold, d.margin, d.provenance, round(d.elapsed_ms, 4), d.trace, attempts,
-        ctx.stream, round(latency_ms, 3), None if ttft_ms is None else round(ttft_ms, 3), prompt, completion,
+        d.confidence, d.scores, d.threshold, d.margin, d.provenance, round4(d.elapsed_ms), d.trace, attempts,
+        ctx.stream, round3(latency_ms), None if ttft_ms is None else round3(ttft_ms), prompt, completion,
         estimated, cost_usd,
     )  # fmt: skip
 
