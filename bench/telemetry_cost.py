@@ -11,9 +11,12 @@ larger than the effect. This measures the parts directly, on the real sinks, wit
   metrics emit        MetricsSink.emit, on the event loop
   audit emit          AuditSink.emit (the row tuple and the queue append), on the event loop
   audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
+  usage (JSON)        telemetry.meter.usage_of on gatebench's JSON answer: the gateway reads usage only for
+                      records, so with telemetry off it is not done
+  stream meter        StreamMeter.see on gatebench's 16-chunk stream (SSE only; printed apart)
 
-and prints their sum against `--core-ms`, the gateway's CPU per request with telemetry off (take it
-from a gatebench run: turnout-bare, json@lite). Medians over `--reps` runs.
+and prints the JSON parts' sum against `--core-ms`, the gateway's CPU per request with telemetry off
+(take it from a gatebench run: turnout-bare, json@lite). Medians over `--reps` runs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from turnout.app import tune_gc
 from turnout.config import default_config_tree, validate
 from turnout.telemetry.audit import AuditSink
+from turnout.telemetry.meter import StreamMeter, usage_of
 from turnout.telemetry.metrics import MetricsSink
 from turnout.telemetry.record import build_record
 from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
@@ -63,6 +67,18 @@ def inputs(i: int) -> tuple[object, ...]:
     return (ctx.request_id, time.time(), "chat", 200, 3.6, ctx, None, (12 + i % 50, 40), None, 0)
 
 
+# gatebench's fake upstream's answers (fake_upstream.py), byte for byte in shape
+JSON_ANSWER = (
+    b'{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":"lite","choices":[{"index":0,'
+    b'"finish_reason":"stop","message":{"role":"assistant","content":"Hello from the fake upstream."}}],'
+    b'"usage":{"prompt_tokens":8,"completion_tokens":7,"total_tokens":15}}'
+)
+CHUNK = (
+    b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"lite",'
+    b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+)
+
+
 def thread_cpu(ident: int | None) -> float:
     assert ident is not None
     return time.clock_gettime(time.pthread_getcpuclockid(ident))
@@ -88,6 +104,18 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     for r in records:
         metrics.emit(r)
     out["metrics emit"] = (time.thread_time() - t) / n * 1e6
+
+    t = time.thread_time()
+    for _ in range(n):
+        usage_of(JSON_ANSWER)
+    out["usage (JSON)"] = (time.thread_time() - t) / n * 1e6
+
+    t = time.thread_time()
+    for _ in range(n // 16):
+        see = StreamMeter(t).see
+        for _ in range(16):
+            see(CHUNK)
+    out["stream meter"] = (time.thread_time() - t) / (n // 16) * 1e6
 
     writer = audit._thread.ident if audit._thread is not None else None
     w0, t, spent = thread_cpu(writer), time.thread_time(), 0.0
@@ -116,12 +144,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             runs.append(asyncio.run(one_run(a.n, d)))
     parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    total = sum(parts.values())
+    total = sum(v for k, v in parts.items() if k != "stream meter")
     print(f"{'part':<16} {'us/request':>11}   (medians of {a.reps} runs of {a.n} records)")
     for k, v in parts.items():
-        print(f"{k:<16} {v:>11.2f}")
+        if k != "stream meter":
+            print(f"{k:<16} {v:>11.2f}")
     share = total / 10 / a.core_ms
-    print(f"{'total':<16} {total:>11.2f}   = {share:.1f} % of a {a.core_ms} ms request (target <= 10 %)")
+    print(f"{'total (JSON)':<16} {total:>11.2f}   = {share:.1f} % of a {a.core_ms} ms request (target <= 10 %)")
+    print(f"{'stream meter':<16} {parts['stream meter']:>11.2f}   per 16-chunk stream, SSE only (instead of usage)")
 
 
 if __name__ == "__main__":

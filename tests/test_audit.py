@@ -233,3 +233,14 @@ def test_review_log_keeps_scrubbed_prompts_only_when_enabled(make_gateway: Gatew
 def test_review_log_refuses_to_exist_when_not_enabled() -> None:
     with pytest.raises(ValueError, match="never implicit"):
         PromptReviewLog(validate(base_config("http://127.0.0.1:9/v1"), {}))
+
+
+def test_day_names_change_at_utc_midnight_whatever_was_asked_before() -> None:
+    from turnout.telemetry.audit import utc_day
+
+    midnight = 1796515200.0  # 2026-12-06T00:00:00Z
+    assert [utc_day(midnight - 0.001), utc_day(midnight), utc_day(midnight + 86399.5)] == [
+        "2026-12-05", "2026-12-06", "2026-12-06",
+    ]  # fmt: skip
+    assert utc_day(midnight - 86400 * 365) == "2025-12-06" and utc_day(midnight + 86400) == "2026-12-07"
+    assert utc_day(midnight - 1) == "2026-12-05"

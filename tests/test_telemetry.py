@@ -117,6 +117,32 @@ def test_stream_meter_reads_bytes_without_keeping_them() -> None:
     assert usage_of(b"not json, usage") == (None, None)
 
 
+def test_usage_is_read_from_the_usage_object_only() -> None:
+    """The body is searched, not parsed: keys inside answer text are escaped and never match."""
+    trap = '{\\"usage\\": {\\"prompt_tokens\\": 999, \\"completion_tokens\\": 999}}'
+    compact = ('{"id":"c1","choices":[{"message":{"content":"' + trap + '"}}],'
+               '"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'
+               '"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}},'
+               '"system_fingerprint":"fp"}')  # fmt: skip
+    assert usage_of(compact.encode()) == (12, 5)
+    spaced = '{"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "choices": [{"message": {"content": "x"}}]}'
+    assert usage_of(spaced.encode()) == (3, 4)
+    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}],"usage":null}') == (None, None)
+    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}]}') == (None, None)
+    assert usage_of(b'{"usage":{"total_tokens":9}}') == (None, None)
+
+
+def test_stream_meter_counts_deltas_in_spaced_json_tool_calls_and_events_sharing_a_chunk() -> None:
+    m = StreamMeter(time.perf_counter())
+    m.see(b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n\n')
+    assert m.first_content is None and m.deltas == 0
+    m.see(b'data: {"choices": [{"delta": {"reasoning_content": "hm"}}]}\n\n'
+          b'data: {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\\"a\\""}}]}}]}\n\n')  # fmt: skip
+    m.see(b'data: {"choices": [{"delta": {"content": "ok"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}'
+          b"\n\ndata: [DONE]\n\n")  # fmt: skip
+    assert m.deltas == 3 and m.first_content is not None and (m.prompt_tokens, m.completion_tokens) == (5, 3)
+
+
 def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
     body = b'{"choices":[{"message":{"content":"12345678","tool_calls":[{"function":{"arguments":"{}"}}]}}]}'
     assert completion_chars(body) == 10

