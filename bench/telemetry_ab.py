@@ -121,8 +121,9 @@ def main() -> None:
     ap.add_argument("--parts", action="store_true", help="also metrics alone and the audit log alone")
     ap.add_argument("--model", default="lite")
     ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
-    ap.add_argument("--other", metavar="TURNOUT", help="also `other`: the full config on another turnout build "
-                    "(a commit unpacked as bench/README.md shows), to compare two builds the same way")  # fmt: skip
+    ap.add_argument("--other", metavar="TURNOUT", help="also `obare` and `other`: the bare and full configs on "
+                    "another turnout build (a commit unpacked as bench/README.md shows), to compare two builds in "
+                    "one interleaved run")  # fmt: skip
     ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
     ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
     ap.add_argument("--gw-cpus", default="0")
@@ -138,7 +139,8 @@ def main() -> None:
         procs.append(up)
         variants = [(name, a.turnout, conf) for name, conf in configs(a.parts, work).items()]
         if a.other:
-            variants.append(("other", a.other, configs(False, os.path.join(work, "other"))["full"]))
+            theirs = configs(False, os.path.join(work, "other"))
+            variants += [("obare", a.other, theirs["bare"]), ("other", a.other, theirs["full"])]
         for i, (name, exe, conf) in enumerate(variants):
             port = FIRST_PORT + i
             env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
@@ -184,6 +186,11 @@ def main() -> None:
             f"{100 * (statistics.median(ratios) - 1):>+22.1f}% {statistics.median(p50[n]):>15.3f}"
             f" {statistics.median(p99[n]):>7.3f}"
         )
+    if "obare" in totals:
+        for n, base in (("full", "bare"), ("other", "obare"), ("full", "other"), ("bare", "obare")):
+            ratio = totals[n][1] / totals[n][0] / (totals[base][1] / totals[base][0])
+            rounds = statistics.median(x / b for x, b in zip(cpu[n], cpu[base], strict=True))
+            print(f"{n} vs {base}: {100 * (ratio - 1):+.1f}% (all), {100 * (rounds - 1):+.1f}% (median of rounds)")
     shutil.rmtree(work, ignore_errors=True)
 
 

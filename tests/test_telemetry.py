@@ -130,6 +130,8 @@ def test_usage_is_read_from_the_usage_object_only() -> None:
     assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}],"usage":null}') == (None, None)
     assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}]}') == (None, None)
     assert usage_of(b'{"usage":{"total_tokens":9}}') == (None, None)
+    assert usage_of(b'{"usage": {"completion_tokens": 4, "total_tokens": 7, "prompt_tokens": 3}}') == (3, 4)
+    assert usage_of(b'{"usage":{"prompt_tokens":2}}') == (2, None)
 
 
 def test_stream_meter_counts_deltas_in_spaced_json_tool_calls_and_events_sharing_a_chunk() -> None:

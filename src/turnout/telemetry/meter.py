@@ -5,9 +5,9 @@ Only for telemetry: with no sink and no review log, the gateway runs none of thi
 Chunks are scanned as bytes (a regex for content deltas and a substring search per chunk; one regex
 for both ran slower in Python's `re`); only an event that carries `usage` is parsed. A JSON body's
 usage is read from its last `"usage"` key on, without parsing the whole answer: a full parse cost
-~4.3 us for a 300-byte answer and ~9 us for 4 KB on the EPYC development VM, the search ~2.7 us for
-either. Text inside the answer cannot match: JSON escapes its quotes, so `"usage"` and
-`"prompt_tokens"` appear as keys only.
+~4.3 us for a 300-byte answer and ~9 us for 4 KB on the EPYC development VM, the search ~2.3 us for
+either (one regex match in the usual key order). Text inside the answer cannot match: JSON escapes its
+quotes, so `"usage"` and `"prompt_tokens"` appear as keys only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import orjson
 _CONTENT = re.compile(rb'ent(?:(?<="content)|(?<=_content)|s(?<="arguments))":\s*"(?!")')
 _USAGE = re.compile(rb'"usage":\s*\{')
 _USAGE_AT = re.compile(rb'"usage"\s*:\s*\{')
+# The usual shape, both counts first and in this order (OpenAI, vLLM, Ollama, llama.cpp): one match
+_USUAL = re.compile(rb'"usage"\s*:\s*\{\s*"prompt_tokens"\s*:\s*(\d+)\s*,\s*"completion_tokens"\s*:\s*(\d+)')
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
@@ -33,7 +35,12 @@ def usage_of(body: bytes) -> tuple[int | None, int | None]:
     """(prompt_tokens, completion_tokens) from a chat.completion body, when the upstream reported them:
     read from the last `"usage": {` on (the usage object and any top-level keys after it)."""
     at = body.rfind(b'"usage"')
-    if at < 0 or _USAGE_AT.match(body, at) is None:  # absent, or `"usage": null`
+    if at < 0:
+        return None, None
+    usual = _USUAL.match(body, at)
+    if usual is not None:
+        return int(usual[1]), int(usual[2])
+    if _USAGE_AT.match(body, at) is None:  # `"usage": null`
         return None, None
     p, c = _PROMPT.search(body, at), _COMPLETION.search(body, at)
     return (None if p is None else int(p.group(1))), (None if c is None else int(c.group(1)))
