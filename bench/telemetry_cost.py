@@ -9,7 +9,7 @@ larger than the effect. This measures the parts directly, on the real sinks, wit
 
   record build        telemetry.record.build_record, from what the request path queued, on the event loop
   metrics emit        MetricsSink.emit, on the event loop
-  audit emit          AuditSink.emit (the row tuple and the queue append), on the event loop
+  audit emit          AuditSink.emit_many (the rows and one queue hand-over), on the event loop
   audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
   usage (JSON)        telemetry.meter.usage_of on gatebench's JSON answer: the gateway reads usage only for
                       records, so with telemetry off it is not done
@@ -121,8 +121,7 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     w0, t, spent = thread_cpu(writer), time.thread_time(), 0.0
     for i in range(0, n, 32):  # 32 requests per loop turn, as under load; the writer runs beside the loop
         c = time.thread_time()
-        for r in records[i : i + 32]:
-            audit.emit(r)
+        audit.emit_many(records[i : i + 32])
         spent += time.thread_time() - c
         await asyncio.sleep(0.002)
     await asyncio.sleep(0.6)  # one flush interval: the writer catches up

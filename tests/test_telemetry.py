@@ -212,3 +212,49 @@ def test_a_record_that_cannot_be_built_is_logged_and_the_others_go_on(caplog: py
     telemetry.submit(inputs(3))
     assert [r.request_id for r in sink.records] == ["req-1", "req-3"]
     assert "building a request record failed" in caplog.text
+
+
+class Picky(Collect):
+    """A real sink with `emit_many` that refuses a batch holding a record it cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def emit_many(self, records: list[RequestRecord]) -> None:
+        self.batches += 1
+        if any(r.status == 418 for r in records):
+            raise ValueError("a record this sink cannot take")
+        self.records.extend(records)
+
+    def emit(self, record: RequestRecord) -> None:
+        if record.status == 418:
+            raise ValueError("a record this sink cannot take")
+        self.records.append(record)
+
+
+def test_a_batch_sink_that_fails_gets_the_batch_record_by_record_and_loses_only_the_bad_one() -> None:
+    from turnout.telemetry import Telemetry
+
+    picky, plain = Picky(), Collect()
+    t = Telemetry([picky, plain])
+    t.emit_many([RequestRecord("a", 0.0, "chat", 200), RequestRecord("b", 0.0, "chat", 418),
+                 RequestRecord("c", 0.0, "chat", 200)])  # fmt: skip
+    t.emit_many([RequestRecord("d", 0.0, "chat", 200)])
+    assert [r.request_id for r in picky.records] == ["a", "c", "d"] and picky.batches == 2
+    assert [r.request_id for r in plain.records] == ["a", "b", "c", "d"]
+
+
+def test_the_audit_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    from turnout.telemetry.audit import MAX_QUEUED
+
+    tree = default_config_tree({})
+    tree["runtime_dir"] = str(tmp_path)
+    audit = AuditSink(validate(tree, {}))  # not started: nothing drains the queue
+    batch = [RequestRecord(f"r{i}", 1.7e9, "chat", 200) for i in range(1000)]
+    for _ in range(MAX_QUEUED // 1000):
+        audit.emit_many(batch)
+    assert audit.dropped == 0
+    audit.emit_many(batch[:10])
+    audit.emit(batch[0])
+    assert audit.dropped == 11 and len(audit._queue) == MAX_QUEUED

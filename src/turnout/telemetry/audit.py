@@ -264,13 +264,20 @@ class BackgroundWriter(Generic[T]):
 
     def put(self, item: T) -> None:
         """The hot path: a deque append, and a wake-up when a batch is full."""
+        self.put_many((item,))
+
+    def put_many(self, items: Sequence[T]) -> None:
+        """`put` for several items: what fits under MAX_QUEUED is queued, the rest counted as dropped."""
         q = self._queue
-        if len(q) < self._room:
-            q.append(item)
-            if len(q) == BATCH:
-                self._wake.set()
+        before = len(q)
+        room = max(self._room - before, 0)
+        if room >= len(items):
+            q.extend(items)
         else:
-            self.dropped += 1
+            q.extend(items[:room])
+            self.dropped += len(items) - room
+        if before < BATCH <= len(q):  # a full batch waits: wake the writer once, not on every later put
+            self._wake.set()
 
     async def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"turnout-{self.table}-writer", daemon=True)
@@ -491,6 +498,10 @@ class AuditSink(BackgroundWriter[Doc]):
         """The row is built here, on the loop (a few microseconds), so the writer thread holds the GIL
         only to hand whole batches to SQLite."""
         self.put(audit_doc(record))
+
+    def emit_many(self, records: list[RequestRecord]) -> None:
+        """`emit` for a batch (telemetry.Telemetry.emit_many): one queue hand-over for all of it."""
+        self.put_many([audit_doc(r) for r in records])
 
     def opened(self) -> None:
         if self.cfg.jsonl_path:

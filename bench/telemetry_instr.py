@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Telemetry overhead as instructions per request, counted by valgrind (prints numbers; not a test).
+
+    /tmp/peer-venv-bench/bin/python bench/telemetry_instr.py [--requests 2000] [--stream] [--other TURNOUT]
+
+CPU time per request on a shared VM drifts by more than the effect measured here, even interleaved
+(`telemetry_ab.py`: its rounds of the same config differ by 10-30 % on the 2-core EPYC VM). The number of
+instructions the gateway executes per request does not drift: this runs each config's gateway under
+valgrind's callgrind with counting off, sends a warm-up burst, turns counting on for `--requests` requests
+(every thread: the audit writer included), and prints instructions per request. Run it twice and the
+numbers agree to about 1 %.
+
+What it does not see: time in the kernel (socket syscalls are a good part of the core's CPU, so telemetry
+is a larger share of the instructions than of the CPU time), and cache misses (a batch of records is
+cheaper in cycles than its instructions say, docs/metrics.md). Read it beside `telemetry_ab.py`.
+
+Configs are bench/turnout-bench.yaml (`full`: metrics and audit log) and bench/turnout-bench-bare.yaml
+(`bare`: telemetry off) without the `smart` router, whose encoder takes minutes to load under valgrind;
+the model is `lite` (an explicit route) on gatebench's fake upstream. `--other` also runs both configs on
+another build (a commit unpacked as bench/README.md shows). Needs valgrind (`apt-get install valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UP_PORT, GW_PORT = 18400, 18401
+
+
+def light_config(name: str, work: str) -> str:
+    """The bench config `name` without the `smart` router (its block of lines), with a runtime directory
+    of its own."""
+    with open(os.path.join(REPO, "bench", name)) as f:
+        lines = f.read().splitlines()
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith("  smart:"):
+            skipping = True
+        elif skipping and not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write("\n".join(kept) + f"\nruntime_dir: {path}.rt\n")
+    return path
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=5).status == 200:
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the gateway at {url} did not start in {timeout:.0f} s")
+
+
+def burst(a: argparse.Namespace, n: int) -> int:
+    cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{GW_PORT}", "--model", a.model,
+           "-c", str(a.conc), "-n", str(n), "-d", "900"] + ["--stream"] * a.stream  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    r = json.loads(next(x for x in out.splitlines() if x.startswith("GATEBENCH "))[10:])
+    if r.get("errors"):
+        raise RuntimeError(f"errors in a burst: {r['errors']}")
+    return int(r["requests"])
+
+
+def count(a: argparse.Namespace, turnout: str, config: str, work: str, tag: str) -> float:
+    """Instructions per request of `turnout serve --config config` under load."""
+    out = os.path.join(work, f"callgrind.{tag}")
+    env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
+    cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no", f"--callgrind-out-file={out}",
+           turnout, "serve", "--config", config, "--port", str(GW_PORT)]  # fmt: skip
+    with open(os.path.join(work, f"{tag}.log"), "wb") as log:
+        gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            wait_ready(f"http://127.0.0.1:{GW_PORT}", 600)
+            burst(a, a.warmup)
+            subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
+            done = burst(a, a.requests)
+            subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+        finally:
+            os.killpg(gw.pid, signal.SIGTERM)
+            gw.wait(120)
+    total = 0
+    for path in glob.glob(out + "*"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("totals:"):
+                    total += int(line.split()[1])
+    return total / done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000, help="requests counted per config")
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--conc", type=int, default=64)
+    ap.add_argument("--stream", action="store_true", help="SSE (16 chunks) instead of JSON")
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
+    ap.add_argument("--other", metavar="TURNOUT", help="also both configs on another turnout build")
+    ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
+    ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
+    ap.add_argument("--keep", metavar="DIR", help="copy callgrind's files here (callgrind_annotate reads them)")
+    a = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+
+    work = tempfile.mkdtemp(prefix="turnout-instr-")
+    configs = {"bare": light_config("turnout-bench-bare.yaml", work), "full": light_config("turnout-bench.yaml", work)}
+    builds = {"": a.turnout, **({"other ": a.other} if a.other else {})}
+    with open(os.path.join(work, "upstream.log"), "wb") as log:
+        up = subprocess.Popen([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    per: dict[str, float] = {}
+    try:
+        for prefix, exe in builds.items():
+            for name, config in configs.items():
+                tag = (prefix + name).replace(" ", "-")
+                per[prefix + name] = count(a, exe, config, work, tag)
+                print(f"{prefix + name:<11} {per[prefix + name]:>12,.0f} instructions per request", flush=True)
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(15)
+    kind = "SSE (16 chunks)" if a.stream else "JSON"
+    print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.requests} requests counted per config (valgrind callgrind)")
+    for prefix in builds:
+        bare, full = per[prefix + "bare"], per[prefix + "full"]
+        added = 100 * (full / bare - 1)
+        print(f"{prefix + 'telemetry':<16} {full - bare:>10,.0f} instructions per request = {added:+.1f} %")
+    if a.other:
+        for name in configs:
+            print(f"{name} vs other {name}: {100 * (per[name] / per['other ' + name] - 1):+.1f} %")
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+        for path in glob.glob(os.path.join(work, "callgrind.*")):
+            shutil.copy(path, a.keep)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
