@@ -13,7 +13,7 @@ larger than the effect. This measures the parts directly, on the real sinks, wit
   audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
   usage (JSON)        telemetry.meter.usage_of on gatebench's JSON answer: the gateway reads usage only for
                       records, so with telemetry off it is not done
-  stream meter        StreamMeter.see on gatebench's 16-chunk stream (SSE only; printed apart)
+  stream meter        StreamMeter on gatebench's 16-chunk stream, usage read at the end (SSE only; apart)
 
 and prints the JSON parts' sum against `--core-ms`, the gateway's CPU per request with telemetry off
 (take it from a gatebench run: turnout-bare, json@lite). Medians over `--reps` runs.
@@ -112,9 +112,10 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
 
     t = time.thread_time()
     for _ in range(n // 16):
-        see = StreamMeter(t).see
+        meter = StreamMeter(t)
         for _ in range(16):
-            see(CHUNK)
+            meter.see(CHUNK)
+        meter.usage()
     out["stream meter"] = (time.thread_time() - t) / (n // 16) * 1e6
 
     writer = audit._thread.ident if audit._thread is not None else None

@@ -331,6 +331,30 @@ def test_many_distinct_request_kinds_stay_bounded_in_memory_and_all_are_counted(
     assert "never-seen" not in p.text
 
 
+def test_histogram_buckets_match_a_per_value_bisect_bounds_included() -> None:
+    import bisect
+    import random
+
+    from turnout.telemetry.metrics import LATENCY_BUCKETS
+
+    s = sink()
+    rng = random.Random(3)
+    values = [*LATENCY_BUCKETS, *(rng.uniform(0, 400) for _ in range(2000)), 0.0, 1e6]
+    for i, v in enumerate(values):
+        s.emit(RequestRecord(f"r{i}", 0.0, "chat", 200, route="lite", model="lite-model", latency_ms=v * 1000))
+    p = page_of(s)
+    name = "turnout_request_duration_seconds"
+    want = [0] * (len(LATENCY_BUCKETS) + 1)
+    for v in values:
+        want[bisect.bisect_left(LATENCY_BUCKETS, v)] += 1
+    cumulative = 0
+    for bound, n in zip([*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"], want, strict=True):
+        cumulative += n
+        assert p.get(name + "_bucket", route="lite", stream="false", le=bound) == cumulative, bound
+    assert p.get(name + "_count", route="lite", stream="false") == len(values)
+    assert p.get(name + "_sum", route="lite", stream="false") == pytest.approx(sum(values))
+
+
 def test_requests_of_one_kind_add_up_tokens_and_cost_across_scrapes() -> None:
     s = sink()
     for i in range(3):

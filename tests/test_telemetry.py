@@ -112,7 +112,7 @@ def test_stream_meter_reads_bytes_without_keeping_them() -> None:
     assert m.first_content is None
     m.see(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"choices":[{"delta":{"content":"!"}}]}\n\n')
     m.see(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\ndata: [DONE]\n\n')
-    assert m.deltas == 2 and m.ttft_ms is not None and (m.prompt_tokens, m.completion_tokens) == (3, 2)
+    assert m.deltas == 2 and m.ttft_ms is not None and m.usage() == (3, 2)
     assert usage_of(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2)
     assert usage_of(b"not json, usage") == (None, None)
 
@@ -142,7 +142,7 @@ def test_stream_meter_counts_deltas_in_spaced_json_tool_calls_and_events_sharing
           b'data: {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\\"a\\""}}]}}]}\n\n')  # fmt: skip
     m.see(b'data: {"choices": [{"delta": {"content": "ok"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}'
           b"\n\ndata: [DONE]\n\n")  # fmt: skip
-    assert m.deltas == 3 and m.first_content is not None and (m.prompt_tokens, m.completion_tokens) == (5, 3)
+    assert m.deltas == 3 and m.first_content is not None and m.usage() == (5, 3)
 
 
 def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
@@ -258,3 +258,20 @@ def test_the_audit_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> 
     audit.emit_many(batch[:10])
     audit.emit(batch[0])
     assert audit.dropped == 11 and len(audit._queue) == MAX_QUEUED
+
+
+def test_stream_meter_after_the_first_content_counts_non_empty_deltas_and_reads_usage_split_over_chunks() -> None:
+    m = StreamMeter(time.perf_counter())
+    m.see(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
+    m.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
+    first = m.first_content
+    for _ in range(20):
+        m.see(b'data: {"choices":[{"delta":{"content":"b"}}]}\n\ndata: {"choices":[{"delta":{"content":"c"}}]}\n\n')
+    m.see(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
+    m.see(b'data: {"choices":[],"usage":{"prompt_t')
+    m.see(b'okens":9,"completion_tokens":41}}\n\n')
+    m.see(b"data: [DONE]\n\n")
+    assert m.deltas == 41 and m.first_content == first and m.usage() == (9, 41)
+    silent = StreamMeter(time.perf_counter())
+    silent.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n')
+    assert silent.usage() == (None, None) and silent.deltas == 1

@@ -323,7 +323,7 @@ class App:
         if meter is None:
             usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
         else:
-            usage, ttft, deltas = (meter.prompt_tokens, meter.completion_tokens), meter.ttft_ms, meter.deltas
+            usage, ttft, deltas = meter.usage(), meter.ttft_ms, meter.deltas
             error = error or meter.error
         status = scope.get("turnout.status", 500)
         ctx = scope.get("turnout.ctx")
