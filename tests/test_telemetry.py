@@ -275,3 +275,14 @@ def test_stream_meter_after_the_first_content_counts_non_empty_deltas_and_reads_
     silent = StreamMeter(time.perf_counter())
     silent.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n')
     assert silent.usage() == (None, None) and silent.deltas == 1
+
+
+def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
+    events = [b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}']
+    events += [b'data: {"choices": [{"delta": {"content": "t%d"}}]}' % i for i in range(16)]
+    events += [b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}',
+               b'data: {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 16}}',
+               b"data: [DONE]"]  # fmt: skip
+    m = StreamMeter(time.perf_counter())
+    m.see(b"\n\n".join(events) + b"\n\n")
+    assert m.deltas == 16 and m.first_content is not None and m.usage() == (8, 16)
