@@ -115,7 +115,8 @@ class Telemetry:
     def emit_many(self, records: list[RequestRecord]) -> None:
         """Every record to every sink. A sink with `emit_many` gets the batch in one call (a call and a
         `try` less per record); if that fails, it gets the batch again record by record, so one bad record
-        costs only itself."""
+        costs only itself. So `emit_many` takes all of a batch or none of it (AuditSink builds every row
+        before it queues any)."""
         for i, sink in enumerate(self.sinks):
             many = getattr(sink, "emit_many", None)
             if many is not None:
