@@ -89,6 +89,14 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class StreamCount:
+    """Streams being relayed now: kept by the request path (two attribute updates per stream, no call)
+    and read by the metrics sink, which shares the gateway's counter (telemetry.Telemetry)."""
+
+    active: int = 0
+
+
+@dataclass(slots=True)
 class RequestRecord:
     """The metadata of one finished request, streams included (written when the stream closes).
 

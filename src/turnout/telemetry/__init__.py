@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from turnout.config import Settings
 from turnout.telemetry.record import CTX, record_builder
-from turnout.types import RequestRecord, Sink
+from turnout.types import RequestRecord, Sink, StreamCount
 
 log = logging.getLogger("turnout")
 
@@ -42,8 +42,10 @@ class Telemetry:
         self._broken: set[int] = set()
         self._pending: list[Inputs] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._opened: list[Callable[[], None]] | None = None
-        self._closed: list[Callable[[], None]] | None = None
+        self.streams = StreamCount()  # streams being relayed now; a sink with a `streams` counter shares it
+        for sink in self.sinks:
+            if isinstance(getattr(sink, "streams", None), StreamCount):
+                sink.streams = self.streams  # type: ignore[attr-defined]
 
     @property
     def enabled(self) -> bool:
@@ -51,16 +53,10 @@ class Telemetry:
         return bool(self.sinks) or self.review is not None
 
     def stream_opened(self) -> None:
-        if self._opened is None:
-            self._opened = [h for sink in self.sinks if (h := getattr(sink, "stream_opened", None)) is not None]
-        for hook in self._opened:
-            hook()
+        self.streams.active += 1  # app.chat_completions updates `streams` itself: a call less per stream
 
     def stream_closed(self) -> None:
-        if self._closed is None:
-            self._closed = [h for sink in self.sinks if (h := getattr(sink, "stream_closed", None)) is not None]
-        for hook in self._closed:
-            hook()
+        self.streams.active -= 1
 
     def exposition(self) -> tuple[bytes, str] | None:
         """The Prometheus text page, or None when metrics are off. Records still waiting are counted first."""

@@ -85,19 +85,30 @@ class StreamMeter:
         self._tail = (b"", b"", b"")  # the last three chunks: the usage event and `[DONE]`, even if split
 
     def see(self, chunk: bytes) -> None:
+        """One chunk of the stream (app.relay_stream does the same inline)."""
         tail = self._tail
         self._tail = (tail[1], tail[2], chunk)
-        delta = self._delta
-        if delta:
-            self.deltas += chunk.count(delta)
-            return
-        first = _CONTENT.search(chunk)  # stops at the first content: a whole stream may come as one chunk
-        if first is None:
-            return
+        if self._delta:
+            self.deltas += chunk.count(self._delta)
+        else:
+            self.first(chunk)
+
+    def first(self, chunk: bytes) -> bytes:
+        """Before the first content: look for it in `chunk`. Returns this stream's spelling of a non-empty
+        delta object once the first content went by (count it in later chunks), else b""."""
+        found = _CONTENT.search(chunk)  # stops at the first content: a whole stream may come as one chunk
+        if found is None:
+            return b""
         self.first_content = time.perf_counter()
-        at = chunk.rfind(b'"delta"', 0, first.start())  # the delta object the first content is in
+        at = chunk.rfind(b'"delta"', 0, found.start())  # the delta object the first content is in
         self._delta = delta = b'"delta": {"' if at >= 0 and chunk.startswith(b'"delta": ', at) else b'"delta":{"'
-        self.deltas += 1 + chunk.count(delta, first.end())
+        self.deltas += 1 + chunk.count(delta, found.end())
+        return delta
+
+    def seen(self, deltas: int, tail: tuple[bytes, bytes, bytes]) -> None:
+        """What app.relay_stream counted itself after the first content, and the stream's last three chunks."""
+        self.deltas += deltas
+        self._tail = tail
 
     def usage(self) -> tuple[int | None, int | None]:
         """(prompt_tokens, completion_tokens) from the stream's usage event, when the upstream sent one."""

@@ -35,7 +35,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from turnout.config import STRATEGY_NAMES, Settings
 from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
-from turnout.types import Attempt, RequestRecord
+from turnout.types import Attempt, RequestRecord, StreamCount
 
 log = logging.getLogger("turnout")
 
@@ -257,7 +257,7 @@ class MetricsSink:
             self.upstream_seconds, self.upstream_errors, self.ttft, self.tpot, self.retries, self.fallbacks,
             self.tokens, self.cost, self.cache,
         )  # fmt: skip
-        self.active_streams = 0
+        self.streams = StreamCount()  # the gateway's own counter once telemetry.Telemetry shares it
         self._tallies: dict[Signature, list[float]] = {}
         self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
         self._publisher: asyncio.Task[None] | None = None
@@ -310,10 +310,10 @@ class MetricsSink:
             self._attempts(record.attempts, route)
 
     def stream_opened(self) -> None:
-        self.active_streams += 1
+        self.streams.active += 1
 
     def stream_closed(self) -> None:
-        self.active_streams -= 1
+        self.streams.active -= 1
 
     def render(self) -> tuple[bytes, str]:
         """The exposition page and its content type."""
@@ -326,7 +326,7 @@ class MetricsSink:
         if self.siblings is None:
             for family in self.families:
                 yield family.collect(family.values)
-            streams = self.active_streams
+            streams = self.streams.active
         else:
             totals, streams = self._whole_server(self.siblings)
             for family in self.families:
@@ -349,7 +349,7 @@ class MetricsSink:
 
     def _snapshot(self) -> Snapshot:
         self._fold()
-        return {"streams": self.active_streams, "families": {f.name: list(f.values.items()) for f in self.families}}
+        return {"streams": self.streams.active, "families": {f.name: list(f.values.items()) for f in self.families}}
 
     def _whole_server(self, siblings: Siblings) -> tuple[Totals, int]:
         """This worker's numbers plus every sibling's snapshot and the retired workers' totals. This
