@@ -42,7 +42,9 @@ class Telemetry:
         self._broken: set[int] = set()
         self._pending: list[Inputs] = []
         self._timer: asyncio.TimerHandle | None = None
-        self.streams = StreamCount()  # streams being relayed now; a sink with a `streams` counter shares it
+        # Streams being relayed now, counted in place by app.chat_completions; a sink with a `streams`
+        # counter (the metrics sink) shares this one.
+        self.streams = StreamCount()
         for sink in self.sinks:
             if isinstance(getattr(sink, "streams", None), StreamCount):
                 sink.streams = self.streams  # type: ignore[attr-defined]
@@ -51,12 +53,6 @@ class Telemetry:
     def enabled(self) -> bool:
         """Whether anything receives records: with no sink and no review log, no record is built."""
         return bool(self.sinks) or self.review is not None
-
-    def stream_opened(self) -> None:
-        self.streams.active += 1  # app.chat_completions updates `streams` itself: a call less per stream
-
-    def stream_closed(self) -> None:
-        self.streams.active -= 1
 
     def exposition(self) -> tuple[bytes, str] | None:
         """The Prometheus text page, or None when metrics are off. Records still waiting are counted first."""

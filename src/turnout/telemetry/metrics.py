@@ -390,8 +390,7 @@ class MetricsSink:
             endpoint, router_raw, route_raw, model, code, error, strategy_raw, trace, cache, estimated = key
             router = self._routers.get(router_raw, OTHER)
             route = self._routes.get(route_raw, OTHER)
-            status = STATUS[code] if 0 <= code < 600 else OTHER
-            self.requests.inc((self._endpoints.get(endpoint, OTHER), router, route, model, status), n)
+            self.requests.inc((self._endpoints.get(endpoint, OTHER), router, route, model, status_label(code)), n)
             if error is not None:
                 self.errors.inc((model, self._errors.get(error, OTHER)), n)
             if strategy_raw is not None:
