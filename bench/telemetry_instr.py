@@ -17,7 +17,7 @@ cheaper in cycles than its instructions say, docs/metrics.md). Read it beside `t
 Configs are bench/turnout-bench.yaml (`full`: metrics and audit log) and bench/turnout-bench-bare.yaml
 (`bare`: telemetry off) without the `smart` router, whose encoder takes minutes to load under valgrind;
 the model is `lite` (an explicit route) on gatebench's fake upstream. `--other` also runs both configs on
-another build (a commit unpacked as bench/README.md shows). Needs valgrind (`apt-get install valgrind`).
+another build (a commit unpacked as bench/README.md shows). Needs valgrind: `sh bench/setup.sh` installs it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+
+from telemetry_ab import wait_ready  # a sibling script: bench/ is on sys.path when run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP_PORT, GW_PORT = 18400, 18401
@@ -57,17 +57,6 @@ def light_config(name: str, work: str) -> str:
     return path
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=5).status == 200:
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"the gateway at {url} did not start in {timeout:.0f} s")
-
-
 def burst(a: argparse.Namespace, n: int) -> int:
     cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{GW_PORT}", "--model", a.model,
            "-c", str(a.conc), "-n", str(n), "-d", "900"] + ["--stream"] * a.stream  # fmt: skip
@@ -87,7 +76,8 @@ def count(a: argparse.Namespace, turnout: str, config: str, work: str, tag: str)
     with open(os.path.join(work, f"{tag}.log"), "wb") as log:
         gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            wait_ready(f"http://127.0.0.1:{GW_PORT}", 600)
+            if not wait_ready(f"http://127.0.0.1:{GW_PORT}", 600):
+                raise SystemExit(f"the gateway under valgrind did not start in 600 s; see {work}/{tag}.log")
             burst(a, a.warmup)
             subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
             done = burst(a, a.requests)
@@ -119,7 +109,7 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="copy callgrind's files here (callgrind_annotate reads them)")
     a = ap.parse_args()
     if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+        raise SystemExit("valgrind is not installed: run `sh bench/setup.sh`")
 
     work = tempfile.mkdtemp(prefix="turnout-instr-")
     configs = {"bare": light_config("turnout-bench-bare.yaml", work), "full": light_config("turnout-bench.yaml", work)}
