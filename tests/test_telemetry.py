@@ -14,7 +14,7 @@ from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, sdk
 from turnout.config import default_config_tree, validate
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
 from turnout.telemetry.audit import AuditSink
-from turnout.telemetry.meter import StreamMeter, completion_chars, usage_of
+from turnout.telemetry.meter import StreamMeter, completion_chars, last_events, usage_of
 from turnout.telemetry.metrics import MetricsSink
 from turnout.types import RequestRecord
 
@@ -286,3 +286,21 @@ def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
     m = StreamMeter(time.perf_counter())
     m.see(b"\n\n".join(events) + b"\n\n")
     assert m.deltas == 16 and m.first_content is not None and m.usage() == (8, 16)
+
+
+def test_stream_usage_is_read_from_the_last_three_events_only() -> None:
+    """The usage event comes last, before `[DONE]` (or before a finish event); earlier events are not
+    searched, so a long stream without usage costs no scan of all of it."""
+    content = b'data: {"choices":[{"delta":{"content":"data: x"}}]}\r\n\r\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":%d}}\r\n\r\n'
+    finish = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\r\n\r\n'
+    done = b"data: [DONE]\r\n\r\n"
+    stream = content * 50 + usage % 50 + finish + done
+    assert stream[last_events(stream, 3) :].startswith(b'\ndata: {"choices":[],"usage"')
+    assert last_events(done, 3) == 0 and last_events(b"", 1) == 0
+    m = StreamMeter(time.perf_counter())
+    m.see(stream)
+    assert m.usage() == (4, 50) and m.deltas == 50
+    early = StreamMeter(time.perf_counter())  # usage four events from the end: not the stream's own
+    early.see(usage % 1 + content * 2 + finish + done)
+    assert early.usage() == (None, None) and early.deltas == 2

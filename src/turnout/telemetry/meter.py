@@ -5,7 +5,9 @@ Only for telemetry: with no sink and no review log, the gateway runs none of thi
 Per stream chunk the meter does as little as it can, since a stream has many: until the first content
 arrives, a regex looks for it (TTFT is its time); from there on, one substring count of non-empty
 `"delta": {` objects, spelled as this upstream spells them; the last three chunks are kept,
-and the usage (sent last, before `[DONE]`) is read from them once when the record is built. A regex and
+and the usage (sent last, before `[DONE]`) is read from them once when the record is built: from the
+last three events only, since under load a whole stream often arrives as one chunk (searching all of it
+for a usage it lacks cost ~7,600 instructions per 16-chunk stream, 3 a byte). A regex and
 a substring test on every chunk had cost ~1.65 us per chunk on the EPYC development VM, 26 us per
 16-chunk stream.
 
@@ -35,10 +37,11 @@ _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
-def usage_of(body: bytes) -> tuple[int | None, int | None]:
-    """(prompt_tokens, completion_tokens) from a chat.completion body, when the upstream reported them:
-    read from the last `"usage": {` on (the usage object and any top-level keys after it)."""
-    at = body.rfind(b'"usage"')
+def usage_of(body: bytes, start: int = 0) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from a chat.completion body (or SSE events), when the upstream
+    reported them: read from the last `"usage": {` after `start` on (the usage object and any top-level
+    keys after it)."""
+    at = body.rfind(b'"usage"', start)
     if at < 0:
         return None, None
     usual = _USUAL.match(body, at)
@@ -48,6 +51,17 @@ def usage_of(body: bytes) -> tuple[int | None, int | None]:
         return None, None
     p, c = _PROMPT.search(body, at), _COMPLETION.search(body, at)
     return (None if p is None else int(p.group(1))), (None if c is None else int(c.group(1)))
+
+
+def last_events(data: bytes, n: int) -> int:
+    """Where the last `n` SSE data events of `data` start (0 when it holds fewer). An event starts at a line
+    beginning with `data:`; a newline inside JSON is escaped, so `\ndata:` is never inside an event."""
+    at = len(data)
+    for _ in range(n):
+        at = data.rfind(b"\ndata:", 0, at)
+        if at < 0:
+            return 0
+    return at
 
 
 def completion_chars(body: bytes) -> int:
@@ -111,8 +125,10 @@ class StreamMeter:
         self._tail = tail
 
     def usage(self) -> tuple[int | None, int | None]:
-        """(prompt_tokens, completion_tokens) from the stream's usage event, when the upstream sent one."""
-        return usage_of(b"".join(self._tail))
+        """(prompt_tokens, completion_tokens) from the stream's usage event, when the upstream sent one:
+        it is in one of the last three events (the usage event, the finish event, `[DONE]`, in some order)."""
+        tail = b"".join(self._tail)
+        return usage_of(tail, last_events(tail, 3))
 
     @property
     def ttft_ms(self) -> float | None:
