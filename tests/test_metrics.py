@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
 from turnout.config import validate
-from turnout.telemetry.metrics import TALLY_LIMIT, HistogramFamily, MetricsSink, status_label
+from turnout.telemetry.metrics import HistogramFamily, MetricsSink, status_label
 from turnout.types import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,19 +316,38 @@ def test_unknown_values_collapse_to_other_and_free_text_never_becomes_a_label() 
         assert text not in p.text
 
 
-def test_many_distinct_request_kinds_stay_bounded_in_memory_and_all_are_counted() -> None:
-    """`emit` counts per request signature and folds signatures into the counters at a scrape, or sooner
-    when TALLY_LIMIT distinct ones wait: a flood of unseen error codes neither grows memory nor loses counts."""
+def test_a_batch_is_counted_per_signature_and_whole_or_not_at_all() -> None:
+    """`emit_many` groups a batch by signature and counts each group at once: a flood of distinct error
+    codes is counted in full and bounded to `other`; a record that cannot be counted fails the batch before
+    anything of it is counted (telemetry.Telemetry then hands the records over one by one)."""
     s = sink()
-    n = TALLY_LIMIT * 2 + 17
-    for i in range(n):
-        s.emit(RequestRecord(f"r{i}", 0.0, "chat", 502, error=f"never-seen-{i}", route="lite", model="lite-model"))
-        assert len(s._tallies) <= TALLY_LIMIT
+    n = 5000
+    s.emit_many([RequestRecord(f"r{i}", 0.0, "chat", 502, error=f"never-seen-{i}", route="lite", model="lite-model")
+                 for i in range(n)])  # fmt: skip
+    ok = [
+        RequestRecord(f"s{i}", 0.0, "chat", 200, route="lite", model="lite-model", stream=i % 2 == 0,
+                      latency_ms=10.0 * i, ttft_ms=1.0, completion_tokens=5, prompt_tokens=3)
+        for i in range(10)
+    ]  # fmt: skip
+    bad = RequestRecord("bad", 0.0, "chat", 200, route="lite", model="lite-model", latency_ms=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        s.emit_many([*ok, bad])
+    s.emit_many(ok)
     p = page_of(s)
     assert p.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="lite-model",
                  status="502") == n  # fmt: skip
     assert p.get("turnout_errors_total", model="lite-model", reason="other") == n
     assert "never-seen" not in p.text
+    assert p.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="lite-model",
+                 status="200") == 10  # fmt: skip
+    assert p.get("turnout_tokens_total", model="lite-model", direction="output", source="reported") == 50
+    assert p.get("turnout_request_duration_seconds_count", route="lite", stream="true") == 5
+    assert p.get("turnout_request_duration_seconds_sum", route="lite", stream="false") == pytest.approx(0.25)
+    assert p.get("turnout_time_to_first_token_seconds_count", model="lite-model") == 10
+    # TPOT: (latency - ttft) / (tokens - 1), per request
+    assert p.get("turnout_time_per_output_token_seconds_sum", model="lite-model") == pytest.approx(
+        sum((10.0 * i - 1.0) / 4 / 1000 for i in range(10) if 10.0 * i > 1.0)
+    )
 
 
 def test_histogram_buckets_match_a_per_value_bisect_bounds_included() -> None:

@@ -6,13 +6,14 @@ Every label value is bounded. Router, route and model labels take only the confi
 values from fixed sets, again with `other` for anything unexpected. No label ever carries client input,
 prompt text or a key, so the page cannot grow with traffic. docs/metrics.md lists every series.
 
-`emit` runs once per request, so it does as little as it can: the counters of a request (requests,
-errors, decisions, strategy verdicts, tokens, cost, cache) are all set by what kind of request it was, so
-`emit` counts requests per *signature* (endpoint, router, route, model, status, error, strategy, the
-strategies' verdicts, cache result) in one dict, with token and cost sums beside the count; the signatures
-are folded into the labelled counters when `/metrics` is scraped, or when TALLY_LIMIT distinct ones wait.
-Histograms are observed per request. Values live in plain dicts keyed by tuples of label values and become
-exposition families only when scraped (see `CounterFamily`).
+Records arrive in batches (`emit_many`, from telemetry.Telemetry.flush), so the sink does per request
+only what it must: the labels of a request's counters and histograms (requests, errors, decisions,
+strategy verdicts, tokens, cost, cache, latencies) all follow from what kind of request it was, its
+*signature* (endpoint, router, route, model, status, error, strategy, the strategies' verdicts, cache
+result, tokens estimated, stream). A batch is grouped by signature; each group's labels and reason code
+are worked out once, its counters get one addition each and its histogram values are bucketed in one
+loop. Values live in plain dicts keyed by tuples of label values and become exposition families only
+when scraped (see `CounterFamily`).
 
 Under `turnout serve --workers N` each worker counts for itself and a scrape reaches any one of them, so
 the workers of one server share their numbers through snapshot files (see `Siblings`); `emit` is the
@@ -27,7 +28,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -35,7 +36,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from turnout.config import STRATEGY_NAMES, Settings
 from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
-from turnout.types import Attempt, RequestRecord, StreamCount
+from turnout.types import RequestRecord, StreamCount
 
 log = logging.getLogger("turnout")
 
@@ -69,15 +70,13 @@ DECIDED_BY = {
     "sticky": "sticky", PASSTHROUGH: PASSTHROUGH,
 }  # fmt: skip
 CACHE_RESULTS = ("hit", "semantic_hit", "miss", "bypass")  # `off` (no cache on the route) is not counted
-# Distinct request signatures held before they are folded into the counters (a scrape folds them too).
-# Every part of a signature but the model comes from the config or a fixed set; the model is bounded
-# before it is counted. The limit is a second guard on memory, not the usual path.
-TALLY_LIMIT = 4096
 _VERDICT = itemgetter("strategy", "verdict")  # a trace entry's (strategy, verdict), in C
 
 # A signature: endpoint, router, route, model label, status, error, strategy, ((strategy, verdict), ...),
-# cache, tokens estimated. Its tally: [requests, input tokens, output tokens, cost in USD].
-Signature = tuple[str, str | None, str | None, str, int, str | None, str | None, tuple[tuple[str, str], ...], str, bool]
+# cache, tokens estimated, stream.
+Signature = tuple[
+    str, str | None, str | None, str, int, str | None, str | None, tuple[tuple[str, str], ...], str, bool, bool
+]
 
 
 def _bounded(values: Iterable[str], none: str | None = NONE) -> dict[str | None, str]:
@@ -164,14 +163,23 @@ class HistogramFamily:
         return family
 
 
-def _observe(family: HistogramFamily, key: tuple[str, ...], value: float) -> None:
-    """One observation of `value` under `key` (a function, not a method: one bound-method call less on the
-    hot path)."""
+def _observe_many(family: HistogramFamily, key: tuple[str, ...], values: list[float]) -> None:
+    """Observations of `values` under `key`, in one loop."""
     counts = family.values.get(key)
     if counts is None:
         counts = family.values[key] = [0.0] * (len(family.bounds) + 2)
-    counts[bisect_left(family.bounds, value)] += 1
-    counts[-1] += value
+    bounds = family.bounds
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+    counts[-1] += sum(values)
+
+
+class Counts(NamedTuple):
+    """What a batch adds: (counter, labels, amount) and (histogram, labels, [values]), worked out before
+    any of it is added."""
+
+    adds: list[tuple[CounterFamily, tuple[str, ...], float]]
+    observations: list[tuple[HistogramFamily, tuple[str, ...], list[float]]]
 
 
 class MetricsSink:
@@ -258,7 +266,6 @@ class MetricsSink:
             self.tokens, self.cost, self.cache,
         )  # fmt: skip
         self.streams = StreamCount()  # the gateway's own counter once telemetry.Telemetry shares it
-        self._tallies: dict[Signature, list[float]] = {}
         self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
         self._publisher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
@@ -271,43 +278,33 @@ class MetricsSink:
     # --- the Sink protocol ---------------------------------------------------------------------
 
     def emit(self, record: RequestRecord) -> None:
-        """Count the request under its signature and observe its histograms (~3 us; the labelled counters
-        are set from the signatures when scraped, see `_fold`)."""
-        model = self._models.get(record.model, OTHER)
-        code = record.status
-        chat = record.endpoint == "chat"
-        strategy = record.strategy
-        trace = record.trace
-        key: Signature = (
-            record.endpoint, record.router, record.route, model, code, record.error, strategy,
-            tuple(map(_VERDICT, trace)) if trace else (), record.cache, record.tokens_estimated,
-        )  # fmt: skip
-        tallies = self._tallies
-        tally = tallies.get(key)
-        if tally is None:
-            if len(tallies) >= TALLY_LIMIT:
-                self._fold()
-                tallies = self._tallies
-            tally = tallies[key] = [0, 0, 0, 0.0]
-        tally[0] += 1
-        route = self._routes.get(record.route, OTHER)
-        if chat:
-            _observe(self.request_seconds, (route, "true" if record.stream else "false"), record.latency_ms / 1000)
-            if code == 200:
-                tally[1] += record.prompt_tokens or 0
-                completion = record.completion_tokens
-                tally[2] += completion or 0
-                tally[3] += record.cost_usd or 0.0
-                ttft = record.ttft_ms
-                if ttft is not None:
-                    _observe(self.ttft, (model,), ttft / 1000)
-                    if completion and record.error is None:
-                        per_token = (record.latency_ms - ttft) / max(completion - 1, 1) / 1000
-                        _observe(self.tpot, (model,), max(per_token, 0.0))
-        if strategy is not None and record.decision_ms is not None:
-            _observe(self.decision_seconds, (self._strategies.get(strategy, OTHER),), record.decision_ms / 1000)
-        if record.attempts:
-            self._attempts(record.attempts, route)
+        self.emit_many([record])
+
+    def emit_many(self, records: list[RequestRecord]) -> None:
+        """Count a batch (telemetry.Telemetry.flush hands over up to 128 records at once): records are
+        grouped by signature, and each group is counted at once, its labels and reason code worked out
+        once and its histogram values bucketed in one loop. Every count is worked out before any is
+        added, so a batch is counted whole or not at all (a record that cannot be counted raises first)."""
+        models = self._models
+        groups: dict[Signature, list[RequestRecord]] = {}
+        for r in records:
+            trace = r.trace
+            key: Signature = (
+                r.endpoint, r.router, r.route, models.get(r.model, OTHER), r.status, r.error, r.strategy,
+                tuple(map(_VERDICT, trace)) if trace else (), r.cache, r.tokens_estimated, r.stream,
+            )  # fmt: skip
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [r]
+            else:
+                group.append(r)
+        out = Counts([], [])
+        for key, group in groups.items():
+            self._count(key, group, out)
+        for counter, labels, amount in out.adds:
+            counter.inc(labels, amount)
+        for histogram, labels, values in out.observations:
+            _observe_many(histogram, labels, values)
 
     def stream_opened(self) -> None:
         self.streams.active += 1
@@ -322,7 +319,6 @@ class MetricsSink:
     def collect(self) -> Iterator[Metric]:
         """The registry's view of this sink (prometheus_client's `Collector` protocol): this process's
         numbers, or with siblings, the whole server's."""
-        self._fold()
         if self.siblings is None:
             for family in self.families:
                 yield family.collect(family.values)
@@ -348,7 +344,6 @@ class MetricsSink:
     # --- several workers -------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
-        self._fold()
         return {"streams": self.streams.active, "families": {f.name: list(f.values.items()) for f in self.families}}
 
     def _whole_server(self, siblings: Siblings) -> tuple[Totals, int]:
@@ -381,61 +376,98 @@ class MetricsSink:
 
     # --- parts of a record ---------------------------------------------------------------------
 
-    def _fold(self) -> None:
-        """Add the waiting signatures' tallies to the labelled counters: each signature's labels, bounded,
-        and its decision's reason code, worked out once for all the requests that share it."""
-        tallies, self._tallies = self._tallies, {}
+    def _count(self, key: Signature, group: list[RequestRecord], out: Counts) -> None:
+        """Append to `out` what the records of one signature add: (counter, labels, amount) and (histogram,
+        labels, [values]). Labels are bounded here, and the decision's reason code is worked out once."""
+        endpoint, router_raw, route_raw, model, code, error, strategy_raw, trace, cache, estimated, stream = key
+        n = len(group)
         strategies, verdicts = self._strategies, self._verdicts
-        for key, (n, prompt, completion, cost) in tallies.items():
-            endpoint, router_raw, route_raw, model, code, error, strategy_raw, trace, cache, estimated = key
-            router = self._routers.get(router_raw, OTHER)
-            route = self._routes.get(route_raw, OTHER)
-            self.requests.inc((self._endpoints.get(endpoint, OTHER), router, route, model, status_label(code)), n)
-            if error is not None:
-                self.errors.inc((model, self._errors.get(error, OTHER)), n)
-            if strategy_raw is not None:
-                strategy = strategies.get(strategy_raw, OTHER)
-                failed = low = 0
-                for name, said in trace:
-                    verdict = verdicts.get(said, OTHER)
-                    self.verdicts.inc((router, strategies.get(name, OTHER), verdict), n)
-                    if verdict == "failed":
-                        failed += 1
-                    elif verdict == "below_threshold" or verdict == "below_margin":
-                        low += 1
-                if strategy == "fallback":
-                    reason = "failed" if failed else "low_confidence" if low else "abstained"
-                elif strategy == "explicit":
-                    reason = "hint" if router_raw is not None else "model"
-                else:
-                    reason = DECIDED_BY.get(strategy, OTHER)
-                self.decisions.inc((router, route, strategy, reason), n)
-                if failed:
-                    self.errors.inc((model, "classification_failed"), failed * n)
-            source = "estimated" if estimated else "reported"
-            if prompt:
-                self.tokens.inc((model, "input", source), prompt)
-            if completion:
-                self.tokens.inc((model, "output", source), completion)
-            if cost:
-                self.cost.inc((model, "USD"), cost)
-            if cache != "off":
-                self.cache.inc((route, self._cache_results.get(cache, OTHER)), n)
+        router = self._routers.get(router_raw, OTHER)
+        route = self._routes.get(route_raw, OTHER)
+        out.adds.append(
+            (self.requests, (self._endpoints.get(endpoint, OTHER), router, route, model, status_label(code)), n)
+        )
+        if error is not None:
+            out.adds.append((self.errors, (model, self._errors.get(error, OTHER)), n))
+        if strategy_raw is not None:
+            strategy = strategies.get(strategy_raw, OTHER)
+            failed = low = 0
+            for name, said in trace:
+                verdict = verdicts.get(said, OTHER)
+                out.adds.append((self.verdicts, (router, strategies.get(name, OTHER), verdict), n))
+                if verdict == "failed":
+                    failed += 1
+                elif verdict == "below_threshold" or verdict == "below_margin":
+                    low += 1
+            if strategy == "fallback":
+                reason = "failed" if failed else "low_confidence" if low else "abstained"
+            elif strategy == "explicit":
+                reason = "hint" if router_raw is not None else "model"
+            else:
+                reason = DECIDED_BY.get(strategy, OTHER)
+            out.adds.append((self.decisions, (router, route, strategy, reason), n))
+            if failed:
+                out.adds.append((self.errors, (model, "classification_failed"), failed * n))
+            seconds = [r.decision_ms / 1000 for r in group if r.decision_ms is not None]
+            if seconds:
+                out.observations.append((self.decision_seconds, (strategy,), seconds))
+        if cache != "off":
+            out.adds.append((self.cache, (route, self._cache_results.get(cache, OTHER)), n))
+        if endpoint == "chat":
+            out.observations.append(
+                (self.request_seconds, (route, "true" if stream else "false"), [r.latency_ms / 1000 for r in group])
+            )
+            if code == 200:
+                self._usage(group, model, "estimated" if estimated else "reported", error is None, out)
+        if any(r.attempts for r in group):
+            self._attempts(group, route, out)
 
-    def _attempts(self, attempts: list[Attempt], route: str) -> None:
-        """Latency and errors per attempt; a repeat of the same target is a retry, a new one a fallback."""
+    def _usage(self, group: list[RequestRecord], model: str, source: str, clean: bool, out: Counts) -> None:
+        """Tokens, cost, TTFT and TPOT of answered chat requests of one signature."""
+        prompt = sum(r.prompt_tokens or 0 for r in group)
+        completion = sum(r.completion_tokens or 0 for r in group)
+        cost = sum(r.cost_usd or 0.0 for r in group)
+        if prompt:
+            out.adds.append((self.tokens, (model, "input", source), prompt))
+        if completion:
+            out.adds.append((self.tokens, (model, "output", source), completion))
+        if cost:
+            out.adds.append((self.cost, (model, "USD"), cost))
+        streamed = [r for r in group if r.ttft_ms is not None]
+        if streamed:
+            out.observations.append((self.ttft, (model,), [r.ttft_ms / 1000 for r in streamed]))  # type: ignore[operator]
+            if clean:
+                per_token = [
+                    max((r.latency_ms - r.ttft_ms) / max(r.completion_tokens - 1, 1) / 1000, 0.0)  # type: ignore[operator]
+                    for r in streamed
+                    if r.completion_tokens
+                ]
+                if per_token:
+                    out.observations.append((self.tpot, (model,), per_token))
+
+    def _attempts(self, group: list[RequestRecord], route: str, out: Counts) -> None:
+        """Latency and errors per upstream attempt; a repeat of the same target is a retry, a new one a
+        fallback. Latencies are gathered per (model, outcome) first, so each histogram is looked up once."""
         models = self._models
-        previous: str | None = None
-        left = OTHER
-        for attempt in attempts:
-            model = models.get(attempt.target, OTHER)
-            error = attempt.error
-            _observe(self.upstream_seconds, (model, "ok" if error is None else "error"), attempt.elapsed_ms / 1000)
-            if error is not None:
-                self.upstream_errors.inc((model, attempt_reason(error)))
-            if previous is not None:
-                if attempt.target == previous:
-                    self.retries.inc((left,))
-                else:
-                    self.fallbacks.inc((route, left))
-            previous, left = attempt.target, model
+        seconds: dict[tuple[str, str], list[float]] = {}
+        for r in group:
+            previous: str | None = None
+            left = OTHER
+            for attempt in r.attempts:
+                model = models.get(attempt.target, OTHER)
+                error = attempt.error
+                labels = (model, "ok" if error is None else "error")
+                values = seconds.get(labels)
+                if values is None:
+                    values = seconds[labels] = []
+                values.append(attempt.elapsed_ms / 1000)
+                if error is not None:
+                    out.adds.append((self.upstream_errors, (model, attempt_reason(error)), 1))
+                if previous is not None:
+                    if attempt.target == previous:
+                        out.adds.append((self.retries, (left,), 1))
+                    else:
+                        out.adds.append((self.fallbacks, (route, left), 1))
+                previous, left = attempt.target, model
+        for labels, values in seconds.items():
+            out.observations.append((self.upstream_seconds, labels, values))
