@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Telemetry overhead as instructions per request, counted by valgrind (prints numbers; not a test).
 
-    /tmp/peer-venv-bench/bin/python bench/telemetry_instr.py [--requests 2000] [--stream] [--other TURNOUT]
+    /tmp/peer-venv-bench/bin/python bench/telemetry_instr.py [--requests 2000] [--stream] [--parts] [--other TURNOUT]
 
 CPU time per request on a shared VM drifts by more than the effect measured here, even interleaved
 (`telemetry_ab.py`: its rounds of the same config differ by 10-30 % on the 2-core EPYC VM). The number of
@@ -38,9 +38,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP_PORT, GW_PORT = 18400, 18401
 
 
-def light_config(name: str, work: str) -> str:
-    """The bench config `name` without the `smart` router (its block of lines), with a runtime directory
-    of its own."""
+def light_config(name: str, work: str, tag: str | None = None, extra: str = "") -> str:
+    """The bench config `name` without the `smart` router (its block of lines), plus `extra` lines, with a
+    runtime directory of its own; written as `tag` (default: `name`)."""
     with open(os.path.join(REPO, "bench", name)) as f:
         lines = f.read().splitlines()
     kept, skipping = [], False
@@ -51,9 +51,9 @@ def light_config(name: str, work: str) -> str:
             skipping = False
         if not skipping:
             kept.append(line)
-    path = os.path.join(work, name)
+    path = os.path.join(work, tag or name)
     with open(path, "w") as f:
-        f.write("\n".join(kept) + f"\nruntime_dir: {path}.rt\n")
+        f.write("\n".join(kept) + f"\n{extra}runtime_dir: {path}.rt\n")
     return path
 
 
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="SSE (16 chunks) instead of JSON")
+    ap.add_argument("--parts", action="store_true", help="also metrics alone and the audit log alone")
     ap.add_argument("--model", default="lite")
     ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
     ap.add_argument("--other", metavar="TURNOUT", help="also both configs on another turnout build")
@@ -113,6 +114,10 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="turnout-instr-")
     configs = {"bare": light_config("turnout-bench-bare.yaml", work), "full": light_config("turnout-bench.yaml", work)}
+    if a.parts:
+        for name, off in (("metrics", "audit"), ("audit", "metrics")):
+            extra = f"telemetry:\n  {off}:\n    enabled: false\n"
+            configs[name] = light_config("turnout-bench.yaml", work, f"{name}.yaml", extra)
     builds = {"": a.turnout, **({"other ": a.other} if a.other else {})}
     with open(os.path.join(work, "upstream.log"), "wb") as log:
         up = subprocess.Popen([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)],
@@ -130,9 +135,11 @@ def main() -> None:
     kind = "SSE (16 chunks)" if a.stream else "JSON"
     print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.requests} requests counted per config (valgrind callgrind)")
     for prefix in builds:
-        bare, full = per[prefix + "bare"], per[prefix + "full"]
-        added = 100 * (full / bare - 1)
-        print(f"{prefix + 'telemetry':<16} {full - bare:>10,.0f} instructions per request = {added:+.1f} %")
+        bare = per[prefix + "bare"]
+        for name in configs:
+            if name != "bare":
+                added, label = per[prefix + name] - bare, "telemetry" if name == "full" else name
+                print(f"{prefix + label:<16} {added:>10,.0f} instructions per request = {100 * added / bare:+.1f} %")
     if a.other:
         for name in configs:
             print(f"{name} vs other {name}: {100 * (per[name] / per['other ' + name] - 1):+.1f} %")
