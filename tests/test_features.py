@@ -44,6 +44,8 @@ def test_language_detection_by_script_and_stopwords() -> None:
 def test_token_estimate_counts_cjk_characters_one_each() -> None:
     assert estimate_tokens("你好世界") == 4
     assert estimate_tokens("abcdefgh") == 2
+    assert estimate_tokens("héllo wörld") == 2  # not ASCII, no CJK: the regex path, 11 characters
+    assert estimate_tokens("abcd 你好") == 2 + 5 // 4  # two CJK characters, five others
 
 
 def test_structure_signals() -> None:

@@ -99,6 +99,10 @@ def detect_language(text: str) -> str:
 
 
 def estimate_tokens(text: str) -> int:
+    """About one token per CJK character and per 4 other characters. ASCII text has no CJK to look for:
+    `isascii` is a flag read, the regex a scan that made a list (~1.1 -> 0.2 us for a short prompt)."""
+    if text.isascii():
+        return len(text) // 4
     cjk = len(CJK.findall(text))
     return cjk + (len(text) - cjk) // 4
 
