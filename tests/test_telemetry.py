@@ -181,6 +181,23 @@ def test_records_wait_for_a_batch_or_the_delay_then_reach_every_sink() -> None:
     assert [r.request_id for r in first.records] == [r.request_id for r in second.records]
 
 
+def test_the_batch_delay_is_set_in_config() -> None:
+    tree = default_config_tree({})
+    tree["telemetry"] = {"batch_delay_s": 0.4}
+    telemetry = build_telemetry(validate(tree, {}))
+    sink = Collect()
+    telemetry.sinks[:] = [sink]
+
+    async def run() -> None:
+        telemetry.submit(inputs(0))
+        await asyncio.sleep(0.15)  # three default delays
+        assert sink.records == []
+        await asyncio.sleep(0.5)
+        assert len(sink.records) == 1
+
+    asyncio.run(run())
+
+
 def test_close_and_a_scrape_count_the_records_still_waiting(tmp_path: Path) -> None:
     tree = default_config_tree({})
     tree["runtime_dir"] = str(tmp_path)

@@ -2,11 +2,12 @@
 
 The request path only queues what the record is made of (`submit`, when the response is complete; for
 a stream, when it closes). Records are built and handed to the sinks in batches (`flush`): when BATCH
-requests wait, DELAY_S after the first of them, before `/metrics` is rendered and at shutdown. Done one
-request at a time, between the parsing and proxying of other requests, the same work cost about twice
-as much CPU as in a batch, where its code and data stay in the CPU's caches (measured under load:
-~32 us per request on the event loop one at a time, against ~15 us batched; docs/metrics.md). A sink
-queues or updates in memory and returns; a failing sink is logged once and never affects a request.
+requests wait, `telemetry.batch_delay_s` (DELAY_S by default) after the first of them, before `/metrics`
+is rendered and at shutdown. Done one request at a time, between the parsing and proxying of other
+requests, the same work cost about twice as much CPU as in a batch, where its code and data stay in the
+CPU's caches (measured under load: ~32 us per request on the event loop one at a time, against ~15 us
+batched; docs/metrics.md). A sink queues or updates in memory and returns; a failing sink is logged once
+and never affects a request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from turnout.types import RequestRecord, Sink, StreamCount
 log = logging.getLogger("turnout")
 
 BATCH = 128  # records waiting that are flushed at once
-DELAY_S = 0.05  # the longest a record waits before the sinks see it
+DELAY_S = 0.05  # the longest a record waits before the sinks see it (`telemetry.batch_delay_s`)
 
 # What a request leaves behind for its record: telemetry.record.build_record's arguments after `models`.
 Inputs = tuple[Any, ...]
@@ -35,8 +36,10 @@ class Telemetry:
         sinks: Iterable[Sink] = (),
         review: ReviewLog | None = None,
         build: Callable[..., RequestRecord] | None = None,
+        delay_s: float = DELAY_S,
     ) -> None:
         self.sinks = list(sinks)
+        self.delay_s = delay_s
         self.review = review  # the opt-in prompt review log; None unless configured
         self.build = build  # Inputs -> RequestRecord; set by build_telemetry
         self._broken: set[int] = set()
@@ -72,7 +75,7 @@ class Telemetry:
             self.flush()
         elif self._timer is None:
             try:
-                self._timer = asyncio.get_running_loop().call_later(DELAY_S, self._flush_later)
+                self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
             except RuntimeError:  # no loop (a synchronous caller): hand the record over now
                 self.flush()
 
@@ -183,4 +186,4 @@ def build_telemetry(settings: Settings) -> Telemetry:
         from turnout.telemetry.review import PromptReviewLog
 
         review = PromptReviewLog(settings)
-    return Telemetry(sinks, review, record_builder(settings.models))
+    return Telemetry(sinks, review, record_builder(settings.models), t.batch_delay_s)
