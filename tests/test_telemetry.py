@@ -313,8 +313,8 @@ def test_stream_usage_is_read_from_the_last_three_events_only() -> None:
     finish = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\r\n\r\n'
     done = b"data: [DONE]\r\n\r\n"
     stream = content * 50 + usage % 50 + finish + done
-    assert stream[last_events(stream, 3) :].startswith(b'\ndata: {"choices":[],"usage"')
-    assert last_events(done, 3) == 0 and last_events(b"", 1) == 0
+    assert stream[last_events(stream) :].startswith(b'\ndata: {"choices":[],"usage"')
+    assert last_events(done) == 0 and last_events(b"") == 0 and last_events(finish + done) == 0
     m = StreamMeter(time.perf_counter())
     m.see(stream)
     assert m.usage() == (4, 50) and m.deltas == 50

