@@ -18,6 +18,7 @@ from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
 from turnout.config import validate
 from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, AuditSink, connect, migrate
 from turnout.telemetry.review import PromptReviewLog
+from turnout.types import RequestRecord
 
 SECRET = "the-launch-code-is-0000"
 HI = [{"role": "user", "content": SECRET}]
@@ -74,8 +75,9 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     conn = connect(path)
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents"]
-    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_log_ts"}
+    assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents",
+                     "0005_rows_in_batches"]  # fmt: skip
+    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_batch_until"}
     assert migrate(conn, MIGRATIONS) == []
     conn.close()
 
@@ -98,10 +100,33 @@ def test_rows_written_before_0004_read_the_same_through_the_view(tmp_path: Path)
         migrate(conn, MIGRATIONS[:3])
         conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                      list(values.values()))  # fmt: skip
-        assert migrate(conn, MIGRATIONS) == ["0004_rows_as_documents"]
+        assert migrate(conn, MIGRATIONS) == ["0004_rows_as_documents", "0005_rows_in_batches"]
     [row] = rows(path)
-    assert row == {"id": 1, **values}
+    assert row == {"id": 1 << 12, **values, "batch_ts": values["ts"], "batch_until": values["ts"]}
     assert [type(row[k]) for k in ("status", "confidence", "scores", "stream")] == [int, float, str, int]
+
+
+def test_rows_written_before_0005_read_the_same_after_it(tmp_path: Path) -> None:
+    """0005 stores the rows of one write as one batch; a row of 0004's layout becomes a batch of one."""
+    path = tmp_path / "audit.sqlite3"
+    doc = ["2023-11-14", "r1", "chat", 200, None, "auto", "lite", "lite-model", "fake", "rules", "rule `x`", 1.0,
+           None, None, {"lite": 1.0}, [], [{"strategy": "rules", "verdict": "decided"}], 0.5,
+           [{"target": "lite-model", "error": None}], True, 9.5, 3.25, 4, 5, False, 1e-05, "off", []]  # fmt: skip
+    with closing(connect(path)) as conn:
+        migrate(conn, MIGRATIONS[:4])
+        for i, ts in enumerate((1700000000.123456, 1700000060.5)):
+            conn.execute(
+                "INSERT INTO request_log (ts, doc) VALUES (?, ?)",
+                (ts, orjson.dumps([doc[0], f"r{i}", *doc[2:]]).decode()),
+            )
+        assert migrate(conn, MIGRATIONS) == ["0005_rows_in_batches"]
+    first, second = rows(path)
+    assert first["ts"] == pytest.approx(1700000000.123456, abs=1e-4) and second["ts"] == 1700000060.5
+    assert [first["request_id"], second["request_id"]] == ["r0", "r1"] and first["id"] < second["id"]
+    assert (first["scores"], first["attempts"], first["stream"], first["cost_usd"]) == (
+        '{"lite":1.0}', '[{"target":"lite-model","error":null}]', 1, 1e-05
+    )  # fmt: skip
+    assert [first[f] for f in DOC_FIELDS[9:13]] == ["rules", "rule `x`", 1.0, None]
 
 
 def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: GatewayFactory, tmp_path: Path) -> None:
@@ -110,13 +135,14 @@ def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: Gatewa
         list(client.chat.completions.create(model="lite", messages=HI, stream=True))
     gw.stop()
     [row] = rows(tmp_path / "audit.sqlite3")
-    assert list(row) == ["id", "ts", *DOC_FIELDS]  # the view's columns are the document's fields, in order
+    # the view's columns: the row's fields in order, then its batch's time span
+    assert list(row) == ["id", "ts", *DOC_FIELDS, "batch_ts", "batch_until"]
     assert (row["stream"], row["tokens_estimated"], row["status"]) == (1, 1, 200)  # no usage asked for: estimated
     assert isinstance(row["latency_ms"], float) and isinstance(row["ttft_ms"], float)
     assert (row["scores"], row["provenance"], row["guards"], row["error"]) == ("{}", "[]", "[]", None)
     with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
-        [(doc,)] = conn.execute("SELECT doc FROM request_log").fetchall()
-    assert SECRET not in doc and len(orjson.loads(doc)) == 28
+        [(docs,)] = conn.execute("SELECT docs FROM request_batch").fetchall()
+    assert SECRET not in docs and [len(r) for r in orjson.loads(docs)] == [29]
 
 
 def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:
@@ -153,15 +179,31 @@ def test_jsonl_copy_rotates_at_max_bytes_and_keeps_backups(make_gateway: Gateway
     assert kept[-1]["route"] == "lite" and kept[-1]["attempts"][0]["target"] == "lite-model"
 
 
+def test_a_row_that_cannot_be_serialized_is_dropped_and_counted_and_its_batch_is_written(tmp_path: Path) -> None:
+    sink = AuditSink(validate({**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path)}, {}))
+    good = RequestRecord("good", time.time(), "chat", 200, route="lite", latency_ms=1.0)
+    bad = RequestRecord("bad", time.time(), "chat", 200, route="lite", scores={1: 0.5})  # type: ignore[dict-item]
+
+    async def run() -> None:
+        await sink.start()
+        sink.emit_many([good, bad, good])
+        await sink.close()
+
+    asyncio.run(run())
+    assert [r["request_id"] for r in rows(tmp_path / "audit.sqlite3")] == ["good", "good"]
+    assert (sink.unwritable, sink.dropped, sink.written) == (1, 1, 2)
+
+
 def test_retention_deletes_rows_older_than_retention_days_at_start(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     conn = connect(path)
     migrate(conn, MIGRATIONS)
     now = time.time()
     for rid, age_days in (("old", 40), ("recent", 10)):
-        doc = ["", rid, "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []]
-        row = (now - age_days * 86400, orjson.dumps(doc).decode())
-        conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", row)
+        ts = now - age_days * 86400
+        doc = [ts, "", rid, "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []]
+        row = (ts, ts, orjson.dumps([doc]).decode())
+        conn.execute("INSERT INTO request_batch (ts, until, docs) VALUES (?, ?, ?)", row)
     conn.close()
     config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
               "telemetry": {"audit": {"retention_days": 30}}}  # fmt: skip

@@ -135,7 +135,7 @@ class PromptReviewLog(BackgroundWriter[tuple[RequestRecord, dict[str, Any]]]):
         """Queue the request's text; the request is finished, so nothing changes `body` any more."""
         self.put((record, body))
 
-    def write(self, conn: sqlite3.Connection, batch: list[tuple[RequestRecord, dict[str, Any]]]) -> None:
+    def write(self, conn: sqlite3.Connection, batch: list[tuple[RequestRecord, dict[str, Any]]]) -> int | None:
         rows = [
             (
                 r.started_at,
@@ -151,3 +151,4 @@ class PromptReviewLog(BackgroundWriter[tuple[RequestRecord, dict[str, Any]]]):
             for r, body in batch
         ]
         insert_many(conn, self.table, COLUMNS, rows)
+        return None
