@@ -36,7 +36,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from turnout.config import STRATEGY_NAMES, Settings
 from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
-from turnout.types import RequestRecord, StreamCount
+from turnout.types import Attempt, RequestRecord, StreamCount
 
 log = logging.getLogger("turnout")
 
@@ -447,27 +447,42 @@ class MetricsSink:
 
     def _attempts(self, group: list[RequestRecord], route: str, out: Counts) -> None:
         """Latency and errors per upstream attempt; a repeat of the same target is a retry, a new one a
-        fallback. Latencies are gathered per (model, outcome) first, so each histogram is looked up once."""
-        models = self._models
-        seconds: dict[tuple[str, str], list[float]] = {}
+        fallback. Latencies are gathered per (target, outcome) first, so each histogram is looked up once;
+        a request answered by its first attempt, the usual case, only adds its latency."""
+        seconds: dict[tuple[str, bool], list[float]] = {}  # (target, failed) -> seconds
         for r in group:
-            previous: str | None = None
-            left = OTHER
-            for attempt in r.attempts:
-                model = models.get(attempt.target, OTHER)
-                error = attempt.error
-                labels = (model, "ok" if error is None else "error")
-                values = seconds.get(labels)
+            attempts = r.attempts
+            if len(attempts) == 1 and attempts[0].error is None:
+                attempt = attempts[0]
+                values = seconds.get((attempt.target, False))
                 if values is None:
-                    values = seconds[labels] = []
-                values.append(attempt.elapsed_ms / 1000)
-                if error is not None:
-                    out.adds.append((self.upstream_errors, (model, attempt_reason(error)), 1))
-                if previous is not None:
-                    if attempt.target == previous:
-                        out.adds.append((self.retries, (left,), 1))
-                    else:
-                        out.adds.append((self.fallbacks, (route, left), 1))
-                previous, left = attempt.target, model
-        for labels, values in seconds.items():
-            out.observations.append((self.upstream_seconds, labels, values))
+                    seconds[(attempt.target, False)] = [attempt.elapsed_ms / 1000]
+                else:
+                    values.append(attempt.elapsed_ms / 1000)
+                continue
+            self._several(attempts, route, seconds, out)
+        models = self._models
+        for (target, failed), values in seconds.items():
+            out.observations.append(
+                (self.upstream_seconds, (models.get(target, OTHER), "error" if failed else "ok"), values)
+            )
+
+    def _several(
+        self, attempts: list[Attempt], route: str, seconds: dict[tuple[str, bool], list[float]], out: Counts
+    ) -> None:
+        """A request's attempts in general: failures, retries and fallbacks."""
+        models = self._models
+        previous: str | None = None
+        left = OTHER
+        for attempt in attempts:
+            model = models.get(attempt.target, OTHER)
+            error = attempt.error
+            seconds.setdefault((attempt.target, error is not None), []).append(attempt.elapsed_ms / 1000)
+            if error is not None:
+                out.adds.append((self.upstream_errors, (model, attempt_reason(error)), 1))
+            if previous is not None:
+                if attempt.target == previous:
+                    out.adds.append((self.retries, (left,), 1))
+                else:
+                    out.adds.append((self.fallbacks, (route, left), 1))
+            previous, left = attempt.target, model
