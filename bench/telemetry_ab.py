@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Telemetry overhead end to end, as an interleaved A/B: gateway CPU per request, telemetry on vs off.
 
-    /tmp/peer-venv-bench/bin/python bench/telemetry_ab.py [--rounds 20] [--requests 2000] [--stream]
+    /tmp/peer-venv-bench/bin/python bench/telemetry_ab.py [--rounds 20] [--requests 2000] [--stream] [--blocks 1]
 
 `gatebench.py --telemetry-overhead` runs `turnout` and `turnout-bare` seconds apart, one after the other;
 on a shared 2-core VM the gateway's CPU per request drifts by 20-40 % between such runs (steal time,
@@ -14,7 +14,12 @@ audit writer included).
 Layout as gatebench's compare.py: the gateways on cpu 0, gatebench's fake upstream and its load
 generator (loadgen.py, keep-alive, `--conc` connections) on cpu 1. Configs: `bare` (bench/
 turnout-bench-bare.yaml: no metrics, no audit log), `full` (bench/turnout-bench.yaml: metrics + audit),
-and with `--parts` also `metrics` and `audit` alone. The model is `lite` (an explicit route).
+and with `--parts` also `metrics` and `audit` alone, each without the `smart` router (unused here). The
+model is `lite` (an explicit route).
+
+A process's own memory layout can shift its CPU per request by 5-10 % for as long as it runs (two `bare`
+servers of the same build differed by that much over 50 rounds on the EPYC VM), which more rounds do not
+average out: `--blocks N` splits the rounds over N fresh sets of servers.
 """
 
 from __future__ import annotations
@@ -76,8 +81,19 @@ def stop(p: subprocess.Popen[bytes]) -> None:
 
 
 def read(path: str) -> str:
+    """A bench config without its `smart` router (its block of lines): the model here is `lite`, and the
+    router's encoder would take every fresh server ~20 s to load."""
     with open(path) as f:
-        return f.read()
+        lines = f.read().splitlines()
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith("  smart:"):
+            skipping = True
+        elif skipping and not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 def configs(parts: bool, work: str) -> dict[str, str]:
@@ -96,6 +112,30 @@ def configs(parts: bool, work: str) -> dict[str, str]:
         with open(path, "w") as f:
             f.write(text + f"runtime_dir: {os.path.join(work, name)}\n")
     return out
+
+
+def start_servers(
+    a: argparse.Namespace, variants: list[tuple[str, str, str]], log: IO[bytes], work: str
+) -> dict[str, tuple[int, int, subprocess.Popen[bytes]]]:
+    """Every config's gateway, all at once on the gateway cpus, ready and warmed up: name -> (port, pid,
+    process)."""
+    servers: dict[str, tuple[int, int, subprocess.Popen[bytes]]] = {}
+    try:
+        for i, (name, exe, conf) in enumerate(variants):
+            port = FIRST_PORT + i
+            env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
+            p = start([exe, "serve", "--config", conf, "--port", str(port)], a.gw_cpus, log, env)
+            servers[name] = (port, p.pid, p)
+        for name, (port, _, _) in servers.items():
+            if not wait_ready(f"http://127.0.0.1:{port}"):
+                raise SystemExit(f"{name} did not start; see {work}/servers.log")
+        for port, pid, _ in servers.values():  # warm-up: connections, caches, the first audit batches
+            burst(a, port, pid, a.requests // 2)
+    except BaseException:
+        for _, _, p in servers.values():
+            stop(p)
+        raise
+    return servers
 
 
 def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float, float]:
@@ -119,6 +159,8 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="SSE (16 chunks) instead of JSON")
     ap.add_argument("--parts", action="store_true", help="also metrics alone and the audit log alone")
+    ap.add_argument("--blocks", type=int, default=1, help="split the rounds over this many fresh sets of server "
+                    "processes (a process's own memory layout can shift its CPU per request by 5-10 %%)")  # fmt: skip
     ap.add_argument("--model", default="lite")
     ap.add_argument("--turnout", default=os.path.join(REPO, ".venv", "bin", "turnout"))
     ap.add_argument("--other", metavar="TURNOUT", help="also `obare` and `other`: the bare and full configs on "
@@ -132,46 +174,38 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="turnout-ab-")
     log = open(os.path.join(work, "servers.log"), "wb")  # noqa: SIM115 (open while the servers run)
-    procs: list[subprocess.Popen[bytes]] = []
-    servers: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
+    variants = [(name, a.turnout, conf) for name, conf in configs(a.parts, work).items()]
+    if a.other:
+        theirs = configs(False, os.path.join(work, "other"))
+        variants += [("obare", a.other, theirs["bare"]), ("other", a.other, theirs["full"])]
+    names = [name for name, _, _ in variants]
+    cpu: dict[str, list[float]] = {n: [] for n in names}  # ms per request, per round
+    p50: dict[str, list[float]] = {n: [] for n in names}  # latency p50 ms, per round
+    p99: dict[str, list[float]] = {n: [] for n in names}
+    totals = {n: [0, 0] for n in names}
+    up = start([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)], a.bench_cpus, log)
     try:
-        up = start([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)], a.bench_cpus, log)
-        procs.append(up)
-        variants = [(name, a.turnout, conf) for name, conf in configs(a.parts, work).items()]
-        if a.other:
-            theirs = configs(False, os.path.join(work, "other"))
-            variants += [("obare", a.other, theirs["bare"]), ("other", a.other, theirs["full"])]
-        for i, (name, exe, conf) in enumerate(variants):
-            port = FIRST_PORT + i
-            env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
-            cmd = [exe, "serve", "--config", conf, "--port", str(port)]
-            p = start(cmd, a.gw_cpus, log, env)
-            procs.append(p)
-            servers[name] = (port, p.pid)
-        for name, (port, _) in servers.items():
-            if not wait_ready(f"http://127.0.0.1:{port}"):
-                raise SystemExit(f"{name} did not start; see {work}/servers.log")
-        for port, pid in servers.values():  # warm-up: connections, caches, the first audit batches
-            burst(a, port, pid, a.requests // 2)
-        names = list(servers)
-        cpu: dict[str, list[float]] = {n: [] for n in names}  # ms per request, per round
-        p50: dict[str, list[float]] = {n: [] for n in names}  # latency p50 ms, per round
-        p99: dict[str, list[float]] = {n: [] for n in names}
-        totals = {n: [0, 0] for n in names}
-        for r in range(a.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                port, pid = servers[name]
-                done, ns, lat, tail = burst(a, port, pid, a.requests)
-                cpu[name].append(ns / 1e6 / done)
-                p50[name].append(lat)
-                p99[name].append(tail)
-                totals[name][0] += done
-                totals[name][1] += ns
-            print(f"round {r + 1:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
+        r = 0
+        for block in range(a.blocks):  # fresh server processes per block: see --blocks
+            servers = start_servers(a, variants, log, work)
+            try:
+                for _ in range(a.rounds // a.blocks + (block < a.rounds % a.blocks)):
+                    order = names[r % len(names) :] + names[: r % len(names)]
+                    for name in order:
+                        port, pid = servers[name][:2]
+                        done, ns, lat, tail = burst(a, port, pid, a.requests)
+                        cpu[name].append(ns / 1e6 / done)
+                        p50[name].append(lat)
+                        p99[name].append(tail)
+                        totals[name][0] += done
+                        totals[name][1] += ns
+                    r += 1
+                    print(f"round {r:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
+            finally:
+                for _, _, p in servers.values():
+                    stop(p)
     finally:
-        for p in reversed(procs):
-            stop(p)
+        stop(up)
         log.close()
     kind = "SSE (16 chunks)" if a.stream else "JSON"
     print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {a.requests} requests per config")
