@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 
-from telemetry_ab import wait_ready  # a sibling script: bench/ is on sys.path when run
+from telemetry_ab import read, wait_ready  # a sibling script: bench/ is on sys.path when run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP_PORT, GW_PORT = 18400, 18401
@@ -47,19 +47,9 @@ UP_PORT, GW_PORT = 18400, 18401
 def light_config(name: str, work: str, tag: str | None = None, extra: str = "") -> str:
     """The bench config `name` without the `smart` router (its block of lines), plus `extra` lines, with a
     runtime directory of its own; written as `tag` (default: `name`)."""
-    with open(os.path.join(REPO, "bench", name)) as f:
-        lines = f.read().splitlines()
-    kept, skipping = [], False
-    for line in lines:
-        if line.startswith("  smart:"):
-            skipping = True
-        elif skipping and not line.startswith("    "):
-            skipping = False
-        if not skipping:
-            kept.append(line)
     path = os.path.join(work, tag or name)
     with open(path, "w") as f:
-        f.write("\n".join(kept) + f"\n{extra}runtime_dir: {path}.rt\n")
+        f.write(read(os.path.join(REPO, "bench", name)) + f"{extra}runtime_dir: {path}.rt\n")
     return path
 
 
