@@ -76,8 +76,8 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents",
-                     "0005_rows_in_batches"]  # fmt: skip
-    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_batch_until"}
+                     "0005_rows_in_batches", "0006_one_row_per_request_again"]  # fmt: skip
+    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_log_ts"}
     assert migrate(conn, MIGRATIONS) == []
     conn.close()
 
@@ -100,29 +100,34 @@ def test_rows_written_before_0004_read_the_same_through_the_view(tmp_path: Path)
         migrate(conn, MIGRATIONS[:3])
         conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                      list(values.values()))  # fmt: skip
-        assert migrate(conn, MIGRATIONS) == ["0004_rows_as_documents", "0005_rows_in_batches"]
+        assert migrate(conn, MIGRATIONS) == [
+            "0004_rows_as_documents", "0005_rows_in_batches", "0006_one_row_per_request_again"
+        ]  # fmt: skip
     [row] = rows(path)
-    assert row == {"id": 1 << 12, **values, "batch_ts": values["ts"], "batch_until": values["ts"]}
+    assert row == {"id": 1 << 12, **values}
     assert [type(row[k]) for k in ("status", "confidence", "scores", "stream")] == [int, float, str, int]
 
 
-def test_rows_written_before_0005_read_the_same_after_it(tmp_path: Path) -> None:
-    """0005 stores the rows of one write as one batch; a row of 0004's layout becomes a batch of one."""
+def test_rows_written_in_0005_batches_read_the_same_after_0006(tmp_path: Path) -> None:
+    """0005 stored the rows of one write as one batch; 0006 makes each of them a row again, keeping the id
+    the view gave it, its exact time and its values."""
     path = tmp_path / "audit.sqlite3"
     doc = ["2023-11-14", "r1", "chat", 200, None, "auto", "lite", "lite-model", "fake", "rules", "rule `x`", 1.0,
            None, None, {"lite": 1.0}, [], [{"strategy": "rules", "verdict": "decided"}], 0.5,
            [{"target": "lite-model", "error": None}], True, 9.5, 3.25, 4, 5, False, 1e-05, "off", []]  # fmt: skip
+    times = (1700000000.123456, 1700000000.5, 1700000060.25)
     with closing(connect(path)) as conn:
-        migrate(conn, MIGRATIONS[:4])
-        for i, ts in enumerate((1700000000.123456, 1700000060.5)):
-            conn.execute(
-                "INSERT INTO request_log (ts, doc) VALUES (?, ?)",
-                (ts, orjson.dumps([doc[0], f"r{i}", *doc[2:]]).decode()),
-            )
-        assert migrate(conn, MIGRATIONS) == ["0005_rows_in_batches"]
-    first, second = rows(path)
-    assert first["ts"] == pytest.approx(1700000000.123456, abs=1e-4) and second["ts"] == 1700000060.5
-    assert [first["request_id"], second["request_id"]] == ["r0", "r1"] and first["id"] < second["id"]
+        migrate(conn, MIGRATIONS[:5])
+        for batch in ([0, 1], [2]):
+            docs = [[times[i], doc[0], f"r{i}", *doc[2:]] for i in batch]
+            conn.execute("INSERT INTO request_batch (ts, until, docs) VALUES (?, ?, ?)",
+                         (times[batch[0]], times[batch[-1]], orjson.dumps(docs).decode()))  # fmt: skip
+        assert migrate(conn, MIGRATIONS) == ["0006_one_row_per_request_again"]
+        first, *_ = rows(path)
+        conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", (1700000100.0, orjson.dumps(doc).decode()))
+    read = rows(path)
+    assert [r["id"] for r in read] == [1 << 12, (1 << 12) + 1, 2 << 12, (2 << 12) + 1]  # a new row comes after
+    assert [r["ts"] for r in read[:3]] == list(times) and [r["request_id"] for r in read] == ["r0", "r1", "r2", "r1"]
     assert (first["scores"], first["attempts"], first["stream"], first["cost_usd"]) == (
         '{"lite":1.0}', '[{"target":"lite-model","error":null}]', 1, 1e-05
     )  # fmt: skip
@@ -135,14 +140,13 @@ def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: Gatewa
         list(client.chat.completions.create(model="lite", messages=HI, stream=True))
     gw.stop()
     [row] = rows(tmp_path / "audit.sqlite3")
-    # the view's columns: the row's fields in order, then its batch's time span
-    assert list(row) == ["id", "ts", *DOC_FIELDS, "batch_ts", "batch_until"]
+    assert list(row) == ["id", "ts", *DOC_FIELDS]  # the view's columns are the document's fields, in order
     assert (row["stream"], row["tokens_estimated"], row["status"]) == (1, 1, 200)  # no usage asked for: estimated
     assert isinstance(row["latency_ms"], float) and isinstance(row["ttft_ms"], float)
     assert (row["scores"], row["provenance"], row["guards"], row["error"]) == ("{}", "[]", "[]", None)
     with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
-        [(docs,)] = conn.execute("SELECT docs FROM request_batch").fetchall()
-    assert SECRET not in docs and [len(r) for r in orjson.loads(docs)] == [29]
+        [(doc,)] = conn.execute("SELECT doc FROM request_log").fetchall()
+    assert SECRET not in doc and len(orjson.loads(doc)) == 28
 
 
 def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:
@@ -200,10 +204,9 @@ def test_retention_deletes_rows_older_than_retention_days_at_start(tmp_path: Pat
     migrate(conn, MIGRATIONS)
     now = time.time()
     for rid, age_days in (("old", 40), ("recent", 10)):
-        ts = now - age_days * 86400
-        doc = [ts, "", rid, "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []]
-        row = (ts, ts, orjson.dumps([doc]).decode())
-        conn.execute("INSERT INTO request_batch (ts, until, docs) VALUES (?, ?, ?)", row)
+        doc = ["", rid, "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []]
+        row = (now - age_days * 86400, orjson.dumps(doc).decode())
+        conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", row)
     conn.close()
     config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
               "telemetry": {"audit": {"retention_days": 30}}}  # fmt: skip

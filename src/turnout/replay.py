@@ -30,7 +30,7 @@ import orjson
 
 from turnout.config import Settings
 from turnout.errors import TurnoutError
-from turnout.telemetry.audit import TIME_RANGE, day_start, open_store, parse_day
+from turnout.telemetry.audit import day_start, open_store, parse_day
 from turnout.types import RequestContext
 from turnout.usage import table
 
@@ -54,10 +54,10 @@ class Replayed:
 
 def logged_requests(conn: sqlite3.Connection, lo: float, hi: float, limit: int) -> list[sqlite3.Row]:
     rows = conn.execute(
-        f"""SELECT request_id, router, route, model, strategy, prompt_tokens, completion_tokens, cost_usd
-           FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND {TIME_RANGE}
+        """SELECT request_id, router, route, model, strategy, prompt_tokens, completion_tokens, cost_usd
+           FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND ts >= ? AND ts < ?
            ORDER BY ts DESC LIMIT ?""",
-        (lo, hi, lo, hi, limit),
+        (lo, hi, limit),
     ).fetchall()
     return rows[::-1]
 

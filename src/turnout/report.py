@@ -33,7 +33,7 @@ import orjson
 
 from turnout.config import ReportConfig
 from turnout.errors import TurnoutError
-from turnout.telemetry.audit import DAY_S, TIME_RANGE, audit_path, day_start, open_store, parse_day
+from turnout.telemetry.audit import DAY_S, audit_path, day_start, open_store, parse_day
 from turnout.usage import table
 
 TURNED_DOWN = ("below_threshold", "below_margin")
@@ -76,10 +76,10 @@ def day_stats(conn: sqlite3.Connection, day: date, band: float) -> DayStats:
     s = DayStats(day)
     start = day_start(day)
     rows = conn.execute(
-        f"""SELECT router, route, model, strategy, status, error, confidence, threshold, trace, attempts, stream,
+        """SELECT router, route, model, strategy, status, error, confidence, threshold, trace, attempts, stream,
                   latency_ms, ttft_ms
-           FROM requests WHERE endpoint = 'chat' AND {TIME_RANGE}""",
-        (start, start + DAY_S, start, start + DAY_S),
+           FROM requests WHERE endpoint = 'chat' AND ts >= ? AND ts < ?""",
+        (start, start + DAY_S),
     )
     for row in rows:
         s.requests += 1

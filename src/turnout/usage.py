@@ -29,7 +29,7 @@ import orjson
 
 from turnout.config import Settings
 from turnout.errors import PathNotFound, RequestError
-from turnout.telemetry.audit import TIME_RANGE, audit_path, day_start, open_store, parse_day
+from turnout.telemetry.audit import audit_path, day_start, open_store, parse_day
 
 GROUPS = ("day", "router", "route", "model")
 SUMS = (
@@ -117,11 +117,11 @@ def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> di
             SUM(COALESCE(cost_usd, 0)) AS cost_usd,
             SUM({baseline}) AS baseline_cost_usd
         FROM requests
-        WHERE endpoint = 'chat' AND {TIME_RANGE}
+        WHERE endpoint = 'chat' AND ts >= ? AND ts < ?
         {f"GROUP BY {groups} ORDER BY {groups}" if groups else ""}"""
     lo, hi = q.bounds()
     data: list[dict[str, Any]] = []
-    for row in conn.execute(sql, [*params, lo, min(hi, 1e18), lo, min(hi, 1e18)]):
+    for row in conn.execute(sql, [*params, lo, min(hi, 1e18)]):
         entry = dict(row)
         if not entry["requests"]:
             continue  # no grouping and no rows: one row of NULLs
