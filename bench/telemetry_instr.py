@@ -112,22 +112,31 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="turnout-instr-")
     full = "telemetry:\n" + (f"  batch_delay_s: {a.batch_delay}\n" if a.batch_delay else "")
     full += "  audit:\n    flush_s: 30\n"  # the last block: `metrics` adds `enabled: false` to it
-    configs = {
-        "bare": light_config("turnout-bench-bare.yaml", work),
-        "full": light_config("turnout-bench.yaml", work, extra=full),
-    }
-    if a.parts:
-        configs["metrics"] = light_config("turnout-bench.yaml", work, "metrics.yaml", full + "    enabled: false\n")
-        off = full + "  metrics:\n    enabled: false\n"
-        configs["audit"] = light_config("turnout-bench.yaml", work, "audit.yaml", off)
+
+    def configs(where: str) -> dict[str, str]:
+        """The configs, in a folder of their own per build: an older build cannot open an audit store that
+        a newer one migrated."""
+        os.makedirs(where, exist_ok=True)
+        out = {
+            "bare": light_config("turnout-bench-bare.yaml", where),
+            "full": light_config("turnout-bench.yaml", where, extra=full),
+        }
+        if a.parts:
+            out["metrics"] = light_config("turnout-bench.yaml", where, "metrics.yaml", full + "    enabled: false\n")
+            off = full + "  metrics:\n    enabled: false\n"
+            out["audit"] = light_config("turnout-bench.yaml", where, "audit.yaml", off)
+        return out
+
     builds = {"": a.turnout, **({"other ": a.other} if a.other else {})}
+    files = {prefix: configs(os.path.join(work, prefix.strip() or "this")) for prefix in builds}
+    names = list(files[""])
     with open(os.path.join(work, "upstream.log"), "wb") as log:
         up = subprocess.Popen([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     per: dict[str, float] = {}
     try:
         for prefix, exe in builds.items():
-            for name, config in configs.items():
+            for name, config in files[prefix].items():
                 tag = (prefix + name).replace(" ", "-")
                 per[prefix + name] = count(a, exe, config, work, tag)
                 print(f"{prefix + name:<11} {per[prefix + name]:>12,.0f} instructions per request", flush=True)
@@ -138,12 +147,12 @@ def main() -> None:
     print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.requests} requests counted per config (valgrind callgrind)")
     for prefix in builds:
         bare = per[prefix + "bare"]
-        for name in configs:
+        for name in names:
             if name != "bare":
                 added, label = per[prefix + name] - bare, "telemetry" if name == "full" else name
                 print(f"{prefix + label:<16} {added:>10,.0f} instructions per request = {100 * added / bare:+.1f} %")
     if a.other:
-        for name in configs:
+        for name in names:
             print(f"{name} vs other {name}: {100 * (per[name] / per['other ' + name] - 1):+.1f} %")
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
