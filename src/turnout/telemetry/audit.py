@@ -63,28 +63,36 @@ COLUMNS = (
 DOC_FIELDS = COLUMNS[1:]  # a row's document: these values in this order (a JSON array), `ts` beside it
 
 
+# The values of a 0004/0006 row's `doc`, in order, and the view `requests` over them. Spelled out, not
+# taken from DOC_FIELDS: a migration never changes once shipped.
+_DOC_0004 = (
+    "day", "request_id", "endpoint", "status", "error", "router", "route", "model", "upstream", "strategy",
+    "reason", "confidence", "threshold", "margin", "scores", "provenance", "trace", "decision_ms", "attempts",
+    "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "tokens_estimated", "cost_usd",
+    "cache", "guards",
+)  # fmt: skip
+_VIEW_0004 = (
+    "CREATE VIEW requests AS SELECT id, ts, "
+    + ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(_DOC_0004))
+    + " FROM request_log"
+)
+
+
 def _rows_as_documents() -> tuple[str, ...]:
     """0004: one `doc` per row instead of 28 columns, and a view `requests` with the same columns as
     before. SQLite's cost per row grows with the number of values bound and stored (~0.25 us each,
     measured), so the writer's ~8-12 us per 29-column row fell to ~3 us; the JSON array is made by orjson
     in one call on the loop, for about what building the row tuple cost. Readers keep querying `requests`
     (json_extract per column, ~1.7 us more per row read): reads are rare reports, writes are every request.
-    The column list is spelled out, not taken from DOC_FIELDS: a migration never changes once shipped."""
-    fields = (
-        "day", "request_id", "endpoint", "status", "error", "router", "route", "model", "upstream", "strategy",
-        "reason", "confidence", "threshold", "margin", "scores", "provenance", "trace", "decision_ms", "attempts",
-        "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "tokens_estimated", "cost_usd",
-        "cache", "guards",
-    )  # fmt: skip
+    Its fields and view are _DOC_0004 and _VIEW_0004, which 0006 restores."""
     json_fields = {"scores", "provenance", "trace", "attempts", "guards"}
-    old = ", ".join(f"json({f})" if f in json_fields else f for f in fields)
-    view = ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(fields))
+    old = ", ".join(f"json({f})" if f in json_fields else f for f in _DOC_0004)
     return (
         "CREATE TABLE request_log (id INTEGER PRIMARY KEY, ts REAL NOT NULL, doc TEXT NOT NULL)",
         f"INSERT INTO request_log (id, ts, doc) SELECT id, ts, json_array({old}) FROM requests ORDER BY id",
         "DROP TABLE requests",
         "CREATE INDEX request_log_ts ON request_log (ts)",
-        f"CREATE VIEW requests AS SELECT id, ts, {view} FROM request_log",
+        _VIEW_0004,
     )
 
 
@@ -124,13 +132,6 @@ def _one_row_per_request_again() -> tuple[str, ...]:
     each row of a batch back to JSON and parse it again for every column (a 500k-row usage query took
     5.5 s instead of 0.34 s). The writer now serializes each row itself, so the loop still only makes the
     row's list (see AuditSink.write). Rows keep the ids the view gave them (`batch id x 4096 + index`)."""
-    fields = (
-        "day", "request_id", "endpoint", "status", "error", "router", "route", "model", "upstream", "strategy",
-        "reason", "confidence", "threshold", "margin", "scores", "provenance", "trace", "decision_ms", "attempts",
-        "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "tokens_estimated", "cost_usd",
-        "cache", "guards",
-    )  # fmt: skip
-    view = ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(fields))
     return (
         "CREATE TABLE request_log (id INTEGER PRIMARY KEY, ts REAL NOT NULL, doc TEXT NOT NULL)",
         "INSERT INTO request_log (id, ts, doc) SELECT (b.id << 12) + j.key, json_extract(j.value, '$[0]'), "
@@ -138,7 +139,7 @@ def _one_row_per_request_again() -> tuple[str, ...]:
         "DROP VIEW requests",
         "DROP TABLE request_batch",
         "CREATE INDEX request_log_ts ON request_log (ts)",
-        f"CREATE VIEW requests AS SELECT id, ts, {view} FROM request_log",
+        _VIEW_0004,
     )
 
 
