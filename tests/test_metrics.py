@@ -1,10 +1,14 @@
 """The Prometheus sink: real traffic through a gateway on a real socket, then `GET /metrics`, parsed with
-prometheus_client's own text parser."""
+prometheus_client's own text parser and checked by Prometheus's own `promtool check metrics` (installed
+under .tools/bin by scripts/tools)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +49,34 @@ class Page:
         """The sum over every series of `name` whose labels include these."""
         want = set(labels.items())
         return sum(v for (n, ls), v in self.series.items() if n == name and want <= ls)
+
+
+def promtool() -> str:
+    """Prometheus's checker: .tools/bin/promtool (scripts/tools), else one on PATH. Missing, the test is
+    skipped, or fails where scripts/check set TURNOUT_REQUIRE_TOOLS=1 (CI never skips it)."""
+    found = ROOT / ".tools" / "bin" / "promtool"
+    path = str(found) if found.is_file() else shutil.which("promtool")
+    if path is None:
+        message = "promtool is not installed: run `bash scripts/tools`"
+        if os.environ.get("TURNOUT_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def promtool_accepts(page: Page) -> None:
+    """`promtool check metrics` reads the page from stdin: it must parse it and find no lint problem (names,
+    suffixes, units, HELP and TYPE lines)."""
+    done = subprocess.run([promtool(), "check", "metrics"], input=page.text.encode(), capture_output=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+def test_promtool_rejects_what_prometheus_would_not_accept() -> None:
+    """The check can fail: a counter without `_total` (a lint problem) and a broken line (a parse error)."""
+    for text in ("# HELP turnout_bad A counter.\n# TYPE turnout_bad counter\nturnout_bad 1\n", "turnout_bad{ 1\n"):
+        done = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+        assert done.returncode != 0, text
 
 
 def scrape(gw: GatewayThread) -> Page:
@@ -122,6 +154,7 @@ def test_json_and_streamed_answers_count_requests_decisions_tokens_cost_and_late
     )
     assert p.get("turnout_active_streams") == 0
     assert p.total("turnout_cache_requests_total") == 0  # no cache yet: `off` is not counted
+    promtool_accepts(p)
 
 
 def test_upstream_failures_count_errors_retries_and_fallbacks(
@@ -177,6 +210,7 @@ def test_upstream_failures_count_errors_retries_and_fallbacks(
     assert p.get("turnout_upstream_duration_seconds_count", model="lite-model", outcome="ok") == 1
     timeouts = p.get("turnout_upstream_duration_seconds_sum", model="m-timeout", outcome="error")
     assert 0.39 <= timeouts < 1.5  # two attempts cut at first_byte_timeout_s 0.2 (timers may fire ~0.1 ms early)
+    promtool_accepts(p)
 
 
 def test_a_client_that_leaves_mid_stream_is_cancelled_and_the_stream_gauge_returns_to_zero(
@@ -228,6 +262,7 @@ def test_judge_decisions_count_reason_codes_verdicts_and_classification_failures
                  status="200") == 1  # fmt: skip
     assert p.get("turnout_decision_duration_seconds_count", strategy="llm") == 1
     assert "judge" not in {v for (_, labels) in p.series for _, v in labels}  # the judge is no answering model
+    promtool_accepts(p)
 
 
 def test_passthrough_model_ids_collapse_to_other_and_the_page_stays_bounded(make_gateway: GatewayFactory) -> None:
@@ -283,6 +318,7 @@ def test_the_page_is_valid_exposition_with_prometheus_names(make_gateway: Gatewa
         for s in family.samples:
             assert all(re.fullmatch(r"[a-z_]+", k) for k in s.labels)
     assert "# TYPE turnout_active_streams gauge" in p.text
+    promtool_accepts(p)
 
 
 # --- the sink on its own: label bounding on records the gateway cannot produce yet ---------------

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import GatewayFactory, UpstreamThread, base_config, free_port
-from tests.test_metrics import HI, Page, sink
+from tests.test_metrics import HI, Page, promtool_accepts, sink
 from turnout.telemetry.siblings import read_snapshot
 
 REQUESTS = "turnout_requests_total"
@@ -120,6 +120,7 @@ def test_every_scrape_counts_every_worker_and_a_dead_workers_counts_stay(server:
         assert p.get("turnout_tokens_total", model="lite-model", direction="input", source="reported") == 8 * sent
         assert p.get("turnout_active_streams") == 0
         assert {f.name for f in p.families} == families
+    promtool_accepts(pages[0])  # the page summed over the workers
 
     # A worker killed outright: its last snapshot is folded into the retired totals, and its replacement
     # starts from zero.
