@@ -19,6 +19,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import turnout
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
 from turnout.config import validate
 from turnout.telemetry.metrics import HistogramFamily, MetricsSink, status_label
@@ -307,7 +308,7 @@ def test_the_page_is_valid_exposition_with_prometheus_names(make_gateway: Gatewa
     p = after(gw, 1)
     assert {f.name for f in p.families} == {f.name for f in MetricsSink(gw.app.settings).registry.collect()}
     for family in p.families:
-        assert re.fullmatch(r"turnout_[a-z_]+[a-z]", family.name), family.name
+        assert re.fullmatch(r"(turnout|process)_[a-z_]+[a-z]", family.name), family.name
         exposed = family.name + ("_total" if family.type == "counter" else "")
         assert f"# HELP {exposed} " in p.text and f"# TYPE {exposed} {family.type}\n" in p.text
         assert family.documentation.endswith(".")
@@ -319,6 +320,20 @@ def test_the_page_is_valid_exposition_with_prometheus_names(make_gateway: Gatewa
             assert all(re.fullmatch(r"[a-z_]+", k) for k in s.labels)
     assert "# TYPE turnout_active_streams gauge" in p.text
     promtool_accepts(p)
+
+
+def test_the_page_has_the_version_and_the_gateway_process(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway()
+    before = after(gw, 0)
+    with sdk(gw) as client:
+        for _ in range(20):
+            client.chat.completions.create(model="lite", messages=HI)
+    p = after(gw, 20)
+    assert p.get("turnout_build_info", version=turnout.__version__) == 1
+    assert p.get("process_resident_memory_bytes") > 10_000_000  # a Python process with turnout loaded
+    assert p.get("process_open_fds") > 3 and p.get("process_max_fds") >= p.get("process_open_fds")
+    assert p.get("process_cpu_seconds_total") >= before.get("process_cpu_seconds_total") > 0
+    assert abs(p.get("process_start_time_seconds") - time.time()) < 3600  # this test's process, started lately
 
 
 # --- the sink on its own: label bounding on records the gateway cannot produce yet ---------------
@@ -458,6 +473,9 @@ def sample_names(s: MetricsSink) -> dict[str, set[str]]:
         for suffix in suffixes[kind]:
             out[base + suffix] = set(family.labels) | ({"le"} if suffix == "_bucket" else set())
     out["turnout_active_streams"] = set()
+    out["turnout_build_info"] = {"version"}
+    for family in s.process.collect():
+        out.update((sample.name, set()) for sample in family.samples)
     return out
 
 
@@ -479,7 +497,7 @@ def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_sink_writes()
     queries = dashboard_queries()
     assert len(queries) >= 12
     for expr in queries:
-        used = re.findall(r"\bturnout_[a-z_]+", expr)
+        used = re.findall(r"\b(?:turnout|process)_[a-z_]+", expr)
         assert used, expr
         labels = {"instance", "job"}  # the labels Prometheus adds to every scraped series
         for name in used:
@@ -489,6 +507,23 @@ def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_sink_writes()
                    for x in g.split(",") if x.strip()}  # fmt: skip
         selected = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)\s*\"", expr))
         assert grouped | selected <= labels, f"unknown labels {(grouped | selected) - labels} in `{expr}`"
+
+
+def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+    """Each query, its Grafana variables filled in, as a recording rule: `promtool check rules` parses them."""
+    fill = {"$__rate_interval": "1m", "$__range": "1h", "$router": ".*", "$route": ".*", "$model": ".*"}
+    rules = []
+    for i, expr in enumerate(dashboard_queries()):
+        if expr.startswith("label_values("):  # a Grafana template function, not PromQL
+            expr = re.fullmatch(r"label_values\((\w+), \w+\)", expr)[1]  # type: ignore[index]
+        for name, value in fill.items():
+            expr = expr.replace(name, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"turnout:dashboard_query_{i}", "expr": expr})
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
+    done = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
 
 
 def test_the_docs_describe_every_metric() -> None:

@@ -109,7 +109,7 @@ def test_every_scrape_counts_every_worker_and_a_dead_workers_counts_stay(server:
         per_worker = caught_up(server, sent)
     assert len(per_worker) == 2 and all(0 < n < sent for n in per_worker.values()), per_worker
 
-    families = {f.name for f in sink().registry.collect()}
+    families = {f.name for f in sink().registry.collect()} - {"process_max_fds"}  # a one-process limit
     with ThreadPoolExecutor(4) as pool:  # concurrent scrapes: both workers answer some
         pages = list(pool.map(lambda _: server.scrape(), range(12)))
     for p in pages:  # each worker alone counted fewer than `sent`: every page added the other's
@@ -122,6 +122,18 @@ def test_every_scrape_counts_every_worker_and_a_dead_workers_counts_stay(server:
         assert {f.name for f in p.families} == families
     promtool_accepts(pages[0])  # the page summed over the workers
 
+    # The process series are the server's: memory summed over both workers, CPU seconds over every worker.
+    workers = server.workers()
+    rss = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in workers) * os.sysconf("SC_PAGE_SIZE")
+    page = server.scrape()
+    assert 0.8 * rss < page.get("process_resident_memory_bytes") < 1.25 * rss
+    assert page.get("process_open_fds") > 2 * 3
+    assert page.get("process_max_fds") == 0  # a per-process limit: left out of a server's page
+    starts = [Path(f"/proc/{pid}").stat().st_mtime for pid in workers]
+    assert page.get("process_start_time_seconds") <= min(starts) + 1  # the oldest worker's
+    cpu = page.get("process_cpu_seconds_total")
+    assert cpu > 0
+
     # A worker killed outright: its last snapshot is folded into the retired totals, and its replacement
     # starts from zero.
     victim = int(max(per_worker, key=lambda pid: per_worker[pid]))
@@ -129,7 +141,9 @@ def test_every_scrape_counts_every_worker_and_a_dead_workers_counts_stay(server:
     os.kill(victim, signal.SIGKILL)
     wait_for("the worker to be gone", lambda: victim not in server.workers())
     for _ in range(5):
-        assert server.scrape().total(REQUESTS) == sent
+        again = server.scrape()
+        assert again.total(REQUESTS) == sent
+        assert again.get("process_cpu_seconds_total") >= cpu  # the dead worker's CPU seconds stay
     assert server.published()["retired"] == per_worker[str(victim)]
     wait_for("a replacement worker", lambda: len(server.published()) == 3)  # two workers and `retired`
     chat(server, 16)

@@ -18,6 +18,12 @@ when scraped (see `CounterFamily`).
 Under `turnout serve --workers N` each worker counts for itself and a scrape reaches any one of them, so
 the workers of one server share their numbers through snapshot files (see `Siblings`); `emit` is the
 same in both modes.
+
+Beside turnout's own series the page has `turnout_build_info` and the standard `process_*` series
+(prometheus_client's ProcessCollector, read from /proc when scraped, nothing on the request path). With
+several workers those are the server's, not the answering worker's: CPU seconds summed over every worker
+that ran (retired ones included, so the counter never steps back), memory and open file descriptors over
+the live ones, the start time the oldest live worker's; the per-process fd limit is left out.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from turnout import __version__
 from turnout.config import STRATEGY_NAMES, Settings
 from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
 from turnout.types import Attempt, RequestRecord, StreamCount
@@ -71,6 +78,12 @@ DECIDED_BY = {
 }  # fmt: skip
 CACHE_RESULTS = ("hit", "semantic_hit", "miss", "bypass")  # `off` (no cache on the route) is not counted
 _VERDICT = itemgetter("strategy", "verdict")  # a trace entry's (strategy, verdict), in C
+
+# Process series of a server with several workers (see the module doc): the counter is added up like
+# turnout's own counters, retired workers included; these gauges over the live workers only.
+CPU_SECONDS = "process_cpu_seconds_total"
+SUMMED_GAUGES = ("process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds")
+START_TIME = "process_start_time_seconds"  # the oldest live worker's
 
 # A signature: endpoint, router, route, model label, status, error, strategy, ((strategy, verdict), ...),
 # cache, tokens estimated, stream.
@@ -266,6 +279,7 @@ class MetricsSink:
             self.tokens, self.cost, self.cache,
         )  # fmt: skip
         self.streams = StreamCount()  # the gateway's own counter once telemetry.Telemetry shares it
+        self.process = ProcessCollector(registry=None)  # reads /proc when collected; yields nothing elsewhere
         self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
         self._publisher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
@@ -323,11 +337,29 @@ class MetricsSink:
             for family in self.families:
                 yield family.collect(family.values)
             streams = self.streams.active
+            yield from self.process.collect()
         else:
-            totals, streams = self._whole_server(self.siblings)
+            totals, streams, process = self._whole_server(self.siblings)
             for family in self.families:
                 yield family.collect(totals.get(family.name, {}))
+            yield from self._server_process(totals.get(CPU_SECONDS, {}).get(()), process)
         yield GaugeMetricFamily("turnout_active_streams", "Streams being relayed now.", value=streams)
+        info = GaugeMetricFamily(
+            "turnout_build_info", "The running turnout's version; always 1 (join on it to select turnout's targets).",
+            labels=("version",),
+        )  # fmt: skip
+        info.add_metric((__version__,), 1)
+        yield info
+
+    def _server_process(self, cpu: float | None, process: dict[str, float]) -> Iterator[Metric]:
+        """The process families of a server with several workers: this worker's families (names, help
+        texts, types) with the server's values; a series no snapshot had is left out."""
+        for family in self.process.collect():
+            name = family.samples[0].name
+            value = cpu if name == CPU_SECONDS else process.get(name)
+            if value is not None:
+                kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+                yield kind(family.name, family.documentation, value=value)
 
     async def start(self) -> None:
         if self.siblings is not None:
@@ -344,20 +376,36 @@ class MetricsSink:
     # --- several workers -------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
-        return {"streams": self.streams.active, "families": {f.name: list(f.values.items()) for f in self.families}}
+        families: dict[str, Any] = {f.name: list(f.values.items()) for f in self.families}
+        process: dict[str, float] = {}
+        for family in self.process.collect():
+            for sample in family.samples:
+                if sample.name == CPU_SECONDS:
+                    families[CPU_SECONDS] = [((), sample.value)]  # retired with the counters
+                elif sample.name in SUMMED_GAUGES or sample.name == START_TIME:
+                    process[sample.name] = sample.value
+        return {"streams": self.streams.active, "process": process, "families": families}
 
-    def _whole_server(self, siblings: Siblings) -> tuple[Totals, int]:
-        """This worker's numbers plus every sibling's snapshot and the retired workers' totals. This
-        worker's snapshot is rewritten first: a later scrape answered by a sibling then sees at least what
-        this one reported, so no total steps back between scrapes."""
+    def _whole_server(self, siblings: Siblings) -> tuple[Totals, int, dict[str, float]]:
+        """This worker's numbers plus every sibling's snapshot and the retired workers' totals, the active
+        streams and process gauges of the live workers. This worker's snapshot is rewritten first: a later
+        scrape answered by a sibling then sees at least what this one reported, so no total steps back
+        between scrapes."""
         own = self._snapshot()
         siblings.publish(orjson.dumps(own))
         totals: Totals = {}
         streams = 0
+        process: dict[str, float] = {}
         for snapshot in (own, *siblings.gather()):
             add_snapshot(totals, snapshot)
             streams += snapshot.get("streams", 0)
-        return totals, streams
+            for name, value in snapshot.get("process", {}).items():
+                have = process.get(name)
+                if have is None:
+                    process[name] = value
+                else:
+                    process[name] = min(have, value) if name == START_TIME else have + value
+        return totals, streams, process
 
     async def _publish(self, siblings: Siblings) -> None:
         """Rewrite this worker's snapshot every PUBLISH_S seconds, so that a page another worker renders
