@@ -23,6 +23,7 @@ PRICED = {
     "lite-model": {"upstream": "fake", "name": "fake-lite", "input_price": 1.0, "output_price": 2.0},
     "deep-model": {"upstream": "fake", "name": "fake-deep", "input_price": 10.0, "output_price": 20.0},
 }
+HI_TEXT = [{"role": "user", "content": "hello there"}]
 LITE = (8 * 1.0 + 7 * 2.0) / 1e6
 DEEP = (8 * 10.0 + 7 * 20.0) / 1e6
 
@@ -92,8 +93,36 @@ def test_replay_without_the_review_log_replays_explicit_decisions_and_says_why_n
     assert "there is no review log" in rep["note"] and "telemetry.review_log" in rep["note"]
     assert main(["replay", str(alone / "audit.sqlite3"), "--config", new]) == 0
     out = capsys.readouterr().out
-    assert "review log: none (only explicit decisions can be replayed)" in out
+    assert "review log: none (only decisions that needed no text can be replayed)" in out
     assert "4 of 5 requests were decided from their text" in out
+
+
+def hints_router(fallback: str) -> dict[str, Any]:
+    return {"auto": {"routes": ["lite", "deep"], "strategies": ["explicit"], "fallback": fallback}}
+
+
+def test_replay_without_the_review_log_replays_a_fallback_that_no_text_decided(
+    make_gateway: GatewayFactory, upstream: UpstreamThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A router whose only strategy reads hints: its fallback needed no text, so it replays without it,
+    unless the new router would read the text first."""
+    gw = make_gateway(runtime_dir=str(tmp_path), models=PRICED, routers=hints_router("lite"))
+    with sdk(gw) as client:
+        client.chat.completions.create(model="auto", messages=HI_TEXT)  # explicit abstains: the fallback, lite
+        client.chat.completions.create(model="auto", messages=HI_TEXT, extra_body={"metadata": {"route": "deep"}})
+    gw.stop()
+    audit = str(tmp_path / "audit.sqlite3")
+
+    flipped = write_config(tmp_path / "flip.yaml", upstream.url, models=PRICED, routers=hints_router("deep"))
+    code, rep = run_json(capsys, "replay", audit, "--config", flipped)
+    assert code == 0 and rep["review"] is None and rep["note"] is None
+    assert (rep["logged"], rep["replayed"], rep["skipped"], rep["flipped"]) == (2, 2, {}, 1)
+    assert rep["flips"] == [{"from": "lite", "to": "deep", "requests": 1}]
+    assert [c["strategy"] for c in rep["changes"]] == ["fallback"]
+
+    reads = write_config(tmp_path / "rules.yaml", upstream.url, models=PRICED, routers=rules_router("hello"))
+    code, rep = run_json(capsys, "replay", audit, "--config", reads)
+    assert (rep["logged"], rep["replayed"], rep["skipped"], rep["flipped"]) == (2, 1, {"needs_text": 1}, 0)
 
 
 # --- report -----------------------------------------------------------------------------------------

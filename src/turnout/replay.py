@@ -4,9 +4,12 @@ Which logged chat requests can be re-decided:
   - with the prompt review log (`--review FILE`, default `review.sqlite3` next to AUDIT): every request
     whose text it kept. NEW's routers decide each one in process; nothing is forwarded (an `llm`
     strategy in NEW does ask its judge, as `turnout route` does).
-  - without it: only explicit decisions (the client named the route: as `model`, `metadata.route` or
-    `x-turnout-route`). Decisions made from the text (rules, semantic, classifier, llm, the fallback
-    route, sticky) are counted as skipped, and the output says why.
+  - without it: only decisions that needed no text: explicit ones (the client named the route: as
+    `model`, `metadata.route` or `x-turnout-route`), and the fallback route taken when only `explicit`
+    had run and abstained (a router whose only strategy reads hints). Decisions made from the text
+    (rules, semantic, classifier, llm, the fallback after any of them, sticky) are counted as skipped,
+    and the output says why. NEW's decision must need no text either: one that ran a text strategy on
+    the missing text is skipped too.
 Conversation memory is not replayed: a request that was sticky mid tool loop is decided from its text.
 
 The report: route flips (old -> new, with counts), each route's share before and after, and the
@@ -35,6 +38,7 @@ from turnout.types import RequestContext
 from turnout.usage import table
 
 EXPLICIT = ("explicit", "passthrough")  # decisions that need no text
+HINTS = frozenset({"explicit"})  # strategies that read hints (model, metadata.route, header), never the text
 NO_TEXT = "needs_text"
 EMPTY = [{"role": "user", "content": ""}]
 
@@ -52,9 +56,17 @@ class Replayed:
     cost_usd: float = 0.0
 
 
+def text_free(strategy: str | None, trace: Iterable[dict[str, Any]]) -> bool:
+    """Whether a decision needed no request text: an explicit one, or the fallback route after only
+    hint-reading strategies ran (and abstained)."""
+    if strategy in EXPLICIT:
+        return True
+    return strategy == "fallback" and all(step.get("strategy") in HINTS for step in trace)
+
+
 def logged_requests(conn: sqlite3.Connection, lo: float, hi: float, limit: int) -> list[sqlite3.Row]:
     rows = conn.execute(
-        """SELECT request_id, router, route, model, strategy, prompt_tokens, completion_tokens, cost_usd
+        """SELECT request_id, router, route, model, strategy, trace, prompt_tokens, completion_tokens, cost_usd
            FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND ts >= ? AND ts < ?
            ORDER BY ts DESC LIMIT ?""",
         (lo, hi, limit),
@@ -100,7 +112,7 @@ async def redecide(settings: Settings, rows: list[sqlite3.Row], texts: dict[str,
             )
             out.append(r)
             text = texts.get(r.request_id)
-            if text is None and row["strategy"] not in EXPLICIT:
+            if text is None and not text_free(row["strategy"], orjson.loads(row["trace"] or "[]")):
                 r.skipped = NO_TEXT
                 continue
             messages, params = text or (EMPTY, {})
@@ -113,7 +125,7 @@ async def redecide(settings: Settings, rows: list[sqlite3.Row], texts: dict[str,
             except TurnoutError as exc:
                 r.error = exc.code or type(exc).__name__
                 continue
-            if text is None and decision.strategy not in EXPLICIT:
+            if text is None and not text_free(decision.strategy, decision.trace):
                 r.skipped = NO_TEXT  # NEW decides this one from the text, which is not there
                 continue
             r.new, r.strategy = decision.route, decision.strategy
@@ -155,7 +167,7 @@ def summarise(results: list[Replayed], settings: Settings, audit: Path, review: 
         note = (
             f"{skipped[NO_TEXT]} of {len(results)} requests were decided from their text and cannot be "
             f"replayed: {where}. Enable `telemetry.review_log` to keep request text for replay "
-            "(only explicit decisions replay without it)."
+            "(only decisions that needed no text replay without it)."
         )
     return {
         "object": "turnout.replay",
@@ -225,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_report(rep: dict[str, Any], source: str) -> None:
     print(f"replay of {rep['audit']} under {source}")
-    print(f"review log: {rep['review'] or 'none (only explicit decisions can be replayed)'}")
+    print(f"review log: {rep['review'] or 'none (only decisions that needed no text can be replayed)'}")
     print(f"replayed {rep['replayed']} of {rep['logged']} logged requests")
     if rep["note"]:
         print(f"note: {rep['note']}")
