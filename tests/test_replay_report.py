@@ -194,4 +194,10 @@ def test_report_passes_a_healthy_day_and_fails_a_bad_one(
     assert "FAIL  error rate 15.0% > 5.0%  (`telemetry.report.max_error_rate`)" in out
     quiet = (DAY - timedelta(days=5)).isoformat()  # no traffic: summarised, never failed
     assert main(["report", "--config", config, "--audit", str(bad / "audit.sqlite3"), "--day", quiet]) == 0
+    out = capsys.readouterr().out
+    assert f"note: no requests on {quiet}, 40 after it; `--day today` reports today so far" in out
+    code, rep = run_json(capsys, "report", "--config", config, "--audit", str(bad / "audit.sqlite3"), "--day", day)
+    assert rep["requests_after"] is None  # a day with traffic: no note
+    code, rep = run_json(capsys, "report", "--config", config, "--audit", str(bad / "audit.sqlite3"), "--day", "today")
+    assert (rep["requests"], rep["requests_after"]) == (0, 0)  # nothing logged today or since
     assert main(["report", "--config", config, "--audit", str(tmp_path / "missing.sqlite3")]) == 2

@@ -103,6 +103,15 @@ def day_stats(conn: sqlite3.Connection, day: date, band: float) -> DayStats:
     return s
 
 
+def requests_after(conn: sqlite3.Connection, day: date) -> int:
+    """Chat requests logged after `day`: said beside a report of a day with none (yesterday, by default,
+    is empty just after midnight UTC on a gateway that started today)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM requests WHERE endpoint = 'chat' AND ts >= ?", (day_start(day) + DAY_S,)
+    ).fetchone()
+    return int(row[0])
+
+
 def _rate(n: int, of: int) -> float:
     return round(n / of, 4) if of else 0.0
 
@@ -220,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             day_stats(conn, day - timedelta(days=1), cfg.low_confidence_band),
             cfg,
         )
+        rep["requests_after"] = requests_after(conn, day) if not rep["requests"] else None
     rep["audit"] = str(path)
     if args.json:
         print(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode())
@@ -235,6 +245,11 @@ def _pct(x: float | None) -> str:
 def print_report(rep: dict[str, Any], cfg: ReportConfig) -> None:
     print(f"turnout report for {rep['day']} (UTC), from {rep['audit']}")
     print(f"requests: {rep['requests']} (previous day: {rep['previous_requests']})")
+    if rep.get("requests_after"):
+        print(
+            f"note: no requests on {rep['day']}, {rep['requests_after']} after it; `--day today` reports today "
+            "so far, `--day YYYY-MM-DD` another day"
+        )
     if rep["routes"]:
         rows = [["route", "requests", "share", "previous", "drift"]]
         for r in rep["routes"]:
