@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
 from turnout.config import validate
-from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, AuditSink, connect, migrate
+from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, WAL_LIMIT_BYTES, AuditSink, connect, migrate
 from turnout.telemetry.review import PromptReviewLog
 from turnout.types import RequestRecord
 
@@ -218,6 +218,60 @@ def test_retention_deletes_rows_older_than_retention_days_at_start(tmp_path: Pat
 
     asyncio.run(start_and_stop())
     assert [r["request_id"] for r in rows(path)] == ["recent"]
+
+
+def expired_store(path: Path, expired: int) -> None:
+    """An audit store with `expired` rows 40 days old (old0 the oldest) and one 10 days old (`recent`)."""
+    conn = connect(path)
+    migrate(conn, MIGRATIONS)
+    now = time.time()
+    doc = orjson.dumps(["", "x", "chat", 200, *[None] * 15, False, 1.0, None, None, None, False, None, "off", []])
+    old = [(now - 40 * 86400 + i, doc.decode().replace('"x"', f'"old{i}"')) for i in range(expired)]
+    conn.executemany("INSERT INTO request_log (ts, doc) VALUES (?, ?)", [*old, (now - 10 * 86400, doc.decode()
+                     .replace('"x"', '"recent"'))])  # fmt: skip
+    conn.close()
+
+
+def retention_sink(tmp_path: Path) -> AuditSink:
+    config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
+              "telemetry": {"audit": {"retention_days": 30, "flush_s": 0.05}}}  # fmt: skip
+    return AuditSink(validate(config, {}))
+
+
+def test_a_purge_deletes_at_most_a_chunk_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    expired_store(path, 120)
+    sink = retention_sink(tmp_path)
+    sink.purge_chunk = 50
+    conn = connect(path)
+    assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT_BYTES  # the log is capped
+    assert sink.purge(conn) == 50
+    assert [r["request_id"] for r in rows(path)][:2] == ["old50", "old51"]  # the oldest went first
+    assert [sink.purge(conn), sink.purge(conn), sink.purge(conn)] == [50, 20, 0]
+    assert [r["request_id"] for r in rows(path)] == ["recent"]
+    conn.close()
+
+
+def test_a_large_purge_goes_on_while_new_rows_are_written(tmp_path: Path) -> None:
+    """At start the writer deletes expired rows a chunk at a time, writing queued rows between chunks."""
+    path = tmp_path / "audit.sqlite3"
+    expired_store(path, 2_000)
+    sink = retention_sink(tmp_path)
+    sink.purge_chunk = 100
+
+    async def run() -> None:
+        await sink.start()
+        for i in range(30):
+            sink.emit(RequestRecord(f"new{i}", time.time(), "chat", 200))
+            await asyncio.sleep(0.002)
+        for _ in range(1000):  # up to 10 s for the purge (20 chunks) to finish
+            if len(rows(path)) == 31:  # `recent` and the new ones
+                break
+            await asyncio.sleep(0.01)
+        await sink.close()
+
+    asyncio.run(run())
+    assert [r["request_id"] for r in rows(path)] == ["recent", *(f"new{i}" for i in range(30))]
 
 
 def test_prompts_completions_and_keys_never_reach_the_audit_files(make_gateway: GatewayFactory, tmp_path: Path) -> None:
