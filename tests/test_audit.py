@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import resource
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -13,8 +20,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 
-from tests.conftest import UPSTREAM_KEY, GatewayFactory, base_config, sdk
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, UpstreamThread, base_config, free_port, sdk
 from turnout.config import validate
 from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, WAL_LIMIT_BYTES, AuditSink, connect, migrate
 from turnout.telemetry.review import PromptReviewLog
@@ -272,6 +280,75 @@ def test_a_large_purge_goes_on_while_new_rows_are_written(tmp_path: Path) -> Non
 
     asyncio.run(run())
     assert [r["request_id"] for r in rows(path)] == ["recent", *(f"new{i}" for i in range(30))]
+
+
+def test_a_full_disk_drops_audit_rows_says_so_once_and_never_fails_a_request(
+    tmp_path: Path, upstream: UpstreamThread
+) -> None:
+    """`turnout serve` with a file-size limit (RLIMIT_FSIZE, its soft limit only): past it, SQLite's writes
+    fail as on a full disk. Requests go on; the dropped rows are counted on /metrics; the log has one error
+    for the whole failing spell; once the limit is lifted, writes resume and say so."""
+    config = base_config(upstream.url, runtime_dir=str(tmp_path / "runtime"))
+    config["telemetry"] = {"batch_delay_s": 0.01, "audit": {"flush_s": 0.05}}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    limit = 192 * 1024  # the schema fits; a few hundred rows do not
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    command = [sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=small_files)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def log_rows(outcome: str) -> float:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        found = re.search(rf'turnout_log_rows_total{{log="audit",outcome="{outcome}"}} (\S+)', text)
+        return float(found[1]) if found else 0.0
+
+    def wait_for(done: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if done():
+                return
+            time.sleep(0.02)
+        raise AssertionError("timed out")
+
+    try:
+        wait_for(lambda: proc.poll() is None and _answers(url + "/health"))
+        with httpx.Client(base_url=url, timeout=10) as client:
+            body = {"model": "lite", "messages": HI}
+            assert {client.post("/v1/chat/completions", json=body).status_code for _ in range(800)} == {200}
+            wait_for(lambda: log_rows("dropped") > 0)
+            written = log_rows("written")
+            assert 0 < written < 800
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            assert {client.post("/v1/chat/completions", json=body).status_code for _ in range(50)} == {200}
+            wait_for(lambda: log_rows("written") >= written + 50)
+            dropped = log_rows("dropped")
+            assert log_rows("written") + dropped == 850  # each row once: written or counted
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=15)[0]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    said = [(x["level"], x["message"]) for x in lines if x["message"].startswith("audit log:")]
+    expected = [  # once each, not once a batch or a flap (the store flaps: a checkpoint makes room for a while)
+        ("WARNING", "audit log: a write failed (OperationalError: "),  # retried on the next flushes...
+        ("ERROR", "audit log: writes keep failing (OperationalError: "),  # ...then dropped
+        ("WARNING", "audit log: writing again; "),
+        ("WARNING", f"audit log: {dropped:.0f} records were dropped"),  # the count at shutdown
+    ]
+    assert said[0][1].startswith(expected[0][1]) and said[-1][1].startswith(expected[-1][1]), said
+    assert sorted((level, next(w for _, w in expected if m.startswith(w))) for level, m in said) == sorted(expected)
+    assert SECRET not in out
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_prompts_completions_and_keys_never_reach_the_audit_files(make_gateway: GatewayFactory, tmp_path: Path) -> None:

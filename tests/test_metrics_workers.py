@@ -133,6 +133,10 @@ def test_every_scrape_counts_every_worker_and_a_dead_workers_counts_stay(server:
     assert page.get("process_start_time_seconds") <= min(starts) + 1  # the oldest worker's
     cpu = page.get("process_cpu_seconds_total")
     assert cpu > 0
+    rows = "turnout_log_rows_total"  # each worker's audit writer, summed
+    wait_for("the audit rows", lambda: server.scrape().get(rows, log="audit", outcome="written") == sent)
+    assert page.get(rows, log="audit", outcome="dropped") == 0
+    assert ("turnout_log_queue_rows", frozenset({("log", "audit")})) in page.series  # summed over the live workers
 
     # A worker killed outright: its last snapshot is folded into the retired totals, and its replacement
     # starts from zero.

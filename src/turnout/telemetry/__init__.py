@@ -165,14 +165,19 @@ def build_telemetry(settings: Settings) -> Telemetry:
     """The sinks the config turns on; each capability's module is imported only when it is on."""
     t = settings.telemetry
     sinks: list[Sink] = []
+    metrics = None
     if t.metrics.enabled:
         from turnout.telemetry.metrics import MetricsSink
 
-        sinks.append(MetricsSink(settings))
+        metrics = MetricsSink(settings)
+        sinks.append(metrics)
     if t.audit.enabled:
         from turnout.telemetry.audit import AuditSink
 
-        sinks.append(AuditSink(settings))
+        audit = AuditSink(settings)
+        sinks.append(audit)
+        if metrics is not None:
+            metrics.watch(audit)
     if t.logs.requests:
         from turnout.telemetry.logs import RequestLogSink
 
@@ -185,5 +190,8 @@ def build_telemetry(settings: Settings) -> Telemetry:
     if t.review_log.enabled:
         from turnout.telemetry.review import PromptReviewLog
 
-        review = PromptReviewLog(settings)
+        review_log = PromptReviewLog(settings)
+        if metrics is not None:
+            metrics.watch(review_log)
+        review = review_log
     return Telemetry(sinks, review, record_builder(settings.models), t.batch_delay_s)

@@ -25,6 +25,7 @@ start nor holds up writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -52,6 +53,8 @@ PURGE_EVERY_S = 3600.0
 # writer for 5.8-7.3 s and left a 610 MB write-ahead log; in chunks of 20,000 the same rows took 4.0 s,
 # the log stayed at 12 MB, and writes go on between chunks (EPYC VM, docs/audit.md).
 PURGE_CHUNK = 20_000
+RETRIES = 3  # a failed batch is tried again on this many later flushes before its rows are dropped
+FAILING_LOG_S = 60.0  # while writes fail, at most one log line this often (not one per batch)
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the write-ahead log is cut back to this after a checkpoint
 BUSY_TIMEOUT_MS = 5000  # several worker processes share one file
 DAY_S = 86400.0
@@ -311,6 +314,7 @@ class BackgroundWriter(Generic[T]):
     migrations: tuple[Migration, ...] = ()
     what = ""
     fix = ""
+    name = ""  # the `log` label of its metrics (turnout_log_rows_total)
 
     def __init__(self, path: Path, retention_days: float, flush_s: float = FLUSH_S) -> None:
         self.path = path
@@ -325,8 +329,17 @@ class BackgroundWriter(Generic[T]):
         self._room = MAX_QUEUED  # 0 once closed: later records are counted as dropped
         self._error: BaseException | None = None
         self._retries = 0
+        self._failing = False  # a write failed, and none has worked since
+        self._quiet_until = 0.0  # failures are not logged again before this (time.monotonic)
+        self._quiet_dropping = False  # the last failure logged was a drop
+        self._quiet_recovery_until = 0.0
         self._thread: threading.Thread | None = None
         self.purge_chunk = PURGE_CHUNK
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer."""
+        return len(self._queue)
 
     def put(self, item: T) -> None:
         """The hot path: a deque append, and a wake-up when a batch is full."""
@@ -418,19 +431,45 @@ class BackgroundWriter(Generic[T]):
             batch = [q.popleft() for _ in range(min(len(q), BATCH))]
             try:
                 stored = self.write(conn, batch)
-            except Exception:
+            except Exception as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # a failing store may fail this too
+                        conn.execute("ROLLBACK")
                 self._retries += 1
-                if self._retries <= 3 and not self._stopping:
-                    log.warning("%s: a write failed; retrying on the next flush", self.what, exc_info=True)
+                retry = self._retries <= RETRIES and not self._stopping
+                if not retry:
+                    self.dropped += len(batch)
+                self._failed(exc, dropping=not retry)
+                if retry:
                     q.extendleft(reversed(batch))
                     return
-                log.exception("%s: dropping %d records after repeated write failures", self.what, len(batch))
-                self.dropped += len(batch)
                 continue
             self._retries = 0
             self.written += len(batch) if stored is None else stored
+            if self._failing:
+                self._failing = False
+                now = time.monotonic()
+                if now >= self._quiet_recovery_until:
+                    self._quiet_recovery_until = now + FAILING_LOG_S
+                    log.warning("%s: writing again; %d records dropped in all", self.what, self.dropped)
+
+    def _failed(self, exc: Exception, dropping: bool) -> None:
+        """Log a failed write with its traceback, at most once a FAILING_LOG_S, plus once more when rows
+        start being dropped (a warning while batches are retried, an error once they are dropped): a store
+        that stays broken (a full disk) would otherwise log every batch, and one that flaps every few.
+        Call it from the `except` block."""
+        self._failing = True
+        now = time.monotonic()
+        if now < self._quiet_until and not (dropping and not self._quiet_dropping):
+            return
+        self._quiet_until, self._quiet_dropping = now + FAILING_LOG_S, dropping
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, sqlite3.Error) else type(exc).__name__
+        if dropping:
+            message = "%s: writes keep failing (%s); %d records dropped so far (turnout_log_rows_total)"
+            log.error(message + "; logged at most once a minute", self.what, reason, self.dropped, exc_info=True)
+        else:
+            message = "%s: a write failed (%s); a batch is retried on the next %d flushes, then its rows are dropped"
+            log.warning(message + "; logged at most once a minute", self.what, reason, RETRIES, exc_info=True)
 
     def purge(self, conn: sqlite3.Connection) -> int:
         """Delete up to `purge_chunk` rows older than the retention, oldest first, in one transaction
@@ -556,6 +595,7 @@ class AuditSink(BackgroundWriter[list[Any]]):
     table = "request_log"  # read through the view `requests`
     migrations = MIGRATIONS
     what = "audit log"
+    name = "audit"
     fix = "set `telemetry.audit.sqlite_path` to a writable file, or `telemetry.audit.enabled: false`"
 
     def __init__(self, settings: Settings) -> None:

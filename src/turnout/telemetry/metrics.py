@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
@@ -44,6 +44,9 @@ from turnout import __version__
 from turnout.config import STRATEGY_NAMES, Settings
 from turnout.telemetry.siblings import PUBLISH_S, Siblings, Snapshot, Totals, add_snapshot
 from turnout.types import Attempt, RequestRecord, StreamCount
+
+if TYPE_CHECKING:
+    from turnout.telemetry.audit import BackgroundWriter
 
 log = logging.getLogger("turnout")
 
@@ -273,17 +276,37 @@ class MetricsSink:
         self.cache = CounterFamily(
             "turnout_cache_requests_total", "Response cache look-ups, by route and result.", ("route", "result")
         )
+        # Set from the writers' own counts when the page or a snapshot is made (`_count_logs`), not per request.
+        self.log_rows = CounterFamily(
+            "turnout_log_rows_total",
+            "Rows of the audit and review logs, by log and outcome (written; dropped: the writer failed or fell "
+            "behind).",
+            ("log", "outcome"),
+        )  # fmt: skip
         self.families: tuple[CounterFamily | HistogramFamily, ...] = (
             self.requests, self.request_seconds, self.errors, self.decisions, self.verdicts, self.decision_seconds,
             self.upstream_seconds, self.upstream_errors, self.ttft, self.tpot, self.retries, self.fallbacks,
-            self.tokens, self.cost, self.cache,
+            self.tokens, self.cost, self.cache, self.log_rows,
         )  # fmt: skip
+        self.logs: list[BackgroundWriter[Any]] = []  # see `watch`
         self.streams = StreamCount()  # the gateway's own counter once telemetry.Telemetry shares it
         self.process = ProcessCollector(registry=None)  # reads /proc when collected; yields nothing elsewhere
         self.siblings: Siblings | None = None  # set by `share`: this is one of several workers
         self._publisher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.registry.register(self)
+
+    def watch(self, writer: BackgroundWriter[Any]) -> None:
+        """Count a log writer's rows (written, dropped, queued) on the page: read when it is rendered."""
+        self.logs.append(writer)
+
+    def _count_logs(self) -> dict[str, int]:
+        """Bring `log_rows` up to the writers' counts (each only grows); returns the rows queued per log."""
+        values = self.log_rows.values
+        for w in self.logs:
+            values[(w.name, "written")] = w.written
+            values[(w.name, "dropped")] = w.dropped
+        return {w.name: w.queued for w in self.logs}
 
     def share(self, directory: str) -> None:
         """Make the page the sum over the workers of one server, which all publish to `directory`."""
@@ -334,16 +357,23 @@ class MetricsSink:
         """The registry's view of this sink (prometheus_client's `Collector` protocol): this process's
         numbers, or with siblings, the whole server's."""
         if self.siblings is None:
+            queued = self._count_logs()
             for family in self.families:
                 yield family.collect(family.values)
             streams = self.streams.active
             yield from self.process.collect()
         else:
-            totals, streams, process = self._whole_server(self.siblings)
+            totals, streams, process, queued = self._whole_server(self.siblings)
             for family in self.families:
                 yield family.collect(totals.get(family.name, {}))
             yield from self._server_process(totals.get(CPU_SECONDS, {}).get(()), process)
         yield GaugeMetricFamily("turnout_active_streams", "Streams being relayed now.", value=streams)
+        waiting = GaugeMetricFamily(
+            "turnout_log_queue_rows", "Rows waiting for the audit or review log's writer, by log.", labels=("log",)
+        )
+        for name, rows in queued.items():
+            waiting.add_metric((name,), rows)
+        yield waiting
         info = GaugeMetricFamily(
             "turnout_build_info", "The running turnout's version; always 1 (join on it to select turnout's targets).",
             labels=("version",),
@@ -376,6 +406,7 @@ class MetricsSink:
     # --- several workers -------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
+        queued = self._count_logs()
         families: dict[str, Any] = {f.name: list(f.values.items()) for f in self.families}
         process: dict[str, float] = {}
         for family in self.process.collect():
@@ -384,28 +415,31 @@ class MetricsSink:
                     families[CPU_SECONDS] = [((), sample.value)]  # retired with the counters
                 elif sample.name in SUMMED_GAUGES or sample.name == START_TIME:
                     process[sample.name] = sample.value
-        return {"streams": self.streams.active, "process": process, "families": families}
+        return {"streams": self.streams.active, "queued": queued, "process": process, "families": families}
 
-    def _whole_server(self, siblings: Siblings) -> tuple[Totals, int, dict[str, float]]:
-        """This worker's numbers plus every sibling's snapshot and the retired workers' totals, the active
-        streams and process gauges of the live workers. This worker's snapshot is rewritten first: a later
-        scrape answered by a sibling then sees at least what this one reported, so no total steps back
-        between scrapes."""
+    def _whole_server(self, siblings: Siblings) -> tuple[Totals, int, dict[str, float], dict[str, int]]:
+        """This worker's numbers plus every sibling's snapshot and the retired workers' totals; the active
+        streams, process gauges and queued log rows of the live workers. This worker's snapshot is rewritten
+        first: a later scrape answered by a sibling then sees at least what this one reported, so no total
+        steps back between scrapes."""
         own = self._snapshot()
         siblings.publish(orjson.dumps(own))
         totals: Totals = {}
         streams = 0
         process: dict[str, float] = {}
+        queued: dict[str, int] = {}
         for snapshot in (own, *siblings.gather()):
             add_snapshot(totals, snapshot)
             streams += snapshot.get("streams", 0)
+            for name, rows in snapshot.get("queued", {}).items():
+                queued[name] = queued.get(name, 0) + rows
             for name, value in snapshot.get("process", {}).items():
                 have = process.get(name)
                 if have is None:
                     process[name] = value
                 else:
                     process[name] = min(have, value) if name == START_TIME else have + value
-        return totals, streams, process
+        return totals, streams, process, queued
 
     async def _publish(self, siblings: Siblings) -> None:
         """Rewrite this worker's snapshot every PUBLISH_S seconds, so that a page another worker renders

@@ -123,6 +123,7 @@ class PromptReviewLog(BackgroundWriter[tuple[RequestRecord, dict[str, Any]]]):
     table = "prompts"
     migrations = MIGRATIONS
     what = "prompt review log"
+    name = "review"
     fix = "set `telemetry.review_log.path` to a writable file, or `telemetry.review_log.enabled: false`"
 
     def __init__(self, settings: Settings) -> None:
