@@ -289,11 +289,12 @@ def test_a_full_disk_drops_audit_rows_says_so_once_and_never_fails_a_request(
     fail as on a full disk. Requests go on; the dropped rows are counted on /metrics; the log has one error
     for the whole failing spell; once the limit is lifted, writes resume and say so."""
     config = base_config(upstream.url, runtime_dir=str(tmp_path / "runtime"))
-    config["telemetry"] = {"batch_delay_s": 0.01, "audit": {"flush_s": 0.05}}
+    config["telemetry"] = {"batch_delay_s": 0.01, "audit": {"flush_s": 0.05, "jsonl_path": str(tmp_path / "a.jsonl")}}
     path = tmp_path / "turnout.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     limit = 192 * 1024  # the schema fits; a few hundred rows do not
+    (tmp_path / "a.jsonl").write_bytes(b"\n" * (limit - 100))  # the JSONL copy fails from its first batch on
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
@@ -338,8 +339,9 @@ def test_a_full_disk_drops_audit_rows_says_so_once_and_never_fails_a_request(
         ("ERROR", "audit log: writes keep failing (OperationalError: "),  # ...then dropped
         ("WARNING", "audit log: writing again; "),
         ("WARNING", f"audit log: {dropped:.0f} records were dropped"),  # the count at shutdown
+        ("ERROR", f"audit log: writing `{tmp_path / 'a.jsonl'}` failed; "),  # the JSONL copy, once too
     ]
-    assert said[0][1].startswith(expected[0][1]) and said[-1][1].startswith(expected[-1][1]), said
+    assert said[-1][1].startswith(expected[3][1]), said
     assert sorted((level, next(w for _, w in expected if m.startswith(w))) for level, m in said) == sorted(expected)
     assert SECRET not in out
 

@@ -604,6 +604,8 @@ class AuditSink(BackgroundWriter[list[Any]]):
         self.cfg = cfg
         self.jsonl: RotatingJsonl | None = None
         self.unwritable = 0  # rows orjson could not write (dropped, and counted in `dropped` too)
+        self.jsonl_lost = 0  # JSONL lines that could not be written (their rows are in SQLite)
+        self._jsonl_quiet_until = 0.0
 
     def emit(self, record: RequestRecord) -> None:
         """The row is a list of the record's values, made on the loop; the writer serializes a whole batch
@@ -643,5 +645,10 @@ class AuditSink(BackgroundWriter[list[Any]]):
             try:
                 self.jsonl.write([jsonl_line(row) for row in kept])
             except OSError:  # the rows are in SQLite; a JSONL failure must not write them twice
-                log.exception("audit log: writing `%s` failed", self.jsonl.path)
+                self.jsonl_lost += len(kept)
+                now = time.monotonic()
+                if now >= self._jsonl_quiet_until:  # a full disk fails every batch: once a minute is enough
+                    self._jsonl_quiet_until = now + FAILING_LOG_S
+                    log.exception("audit log: writing `%s` failed; %d lines lost so far (the rows are in SQLite; "
+                                  "logged at most once a minute)", self.jsonl.path, self.jsonl_lost)  # fmt: skip
         return len(docs)
