@@ -394,6 +394,15 @@ def test_review_log_keeps_scrubbed_prompts_only_when_enabled(make_gateway: Gatew
             messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": content}],  # type: ignore[misc,list-item]
             tools=[{"type": "function", "function": {"name": "get_weather", "description": "weather in a city"}}],
         )
+    for _ in range(500):  # both logs' writers count their rows on /metrics
+        page = httpx.get(gw.url + "/metrics").text
+        if all(f'turnout_log_rows_total{{log="{name}",outcome="written"}} 1.0' in page for name in ("audit", "review")):
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(page)
+    assert 'turnout_log_rows_total{log="review",outcome="dropped"} 0.0' in page
+    assert 'turnout_log_queue_rows{log="review"} 0.0' in page
     gw.stop()
     [row] = rows(tmp_path / "review.sqlite3", "prompts")
     assert (row["request_id"], row["router"], row["route"], row["model"], row["endpoint"]) == (
