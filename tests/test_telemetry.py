@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, sdk
+from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
 from turnout.config import default_config_tree, validate
+from turnout.proxy import UsageFilter
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
 from turnout.telemetry.audit import AuditSink
 from turnout.telemetry.meter import StreamMeter, completion_chars, last_events, usage_of
@@ -76,6 +77,57 @@ def test_stream_records_ttft_and_reported_usage(gateway: GatewayThread, client: 
     assert first.stream and first.status == 200 and first.ttft_ms is not None and 0 < first.ttft_ms <= first.latency_ms
     assert (first.prompt_tokens, first.completion_tokens, first.tokens_estimated) == (8, 4, False)
     assert second.completion_tokens == 4 and second.tokens_estimated  # counted from the content deltas
+
+
+def stream_usage_gateway(make_gateway: GatewayFactory, upstream: UpstreamThread) -> GatewayThread:
+    fake = {**base_config(upstream.url)["upstreams"]["fake"], "stream_usage": True}
+    return make_gateway(upstreams={"fake": fake, "other": {"base_url": upstream.url}},
+                        models={"plain": {"upstream": "other", "name": "fake-plain"}},
+                        routes={"plain": {"targets": ["plain"]}})  # fmt: skip
+
+
+def test_stream_usage_is_asked_for_recorded_and_taken_out_of_the_clients_stream(
+    make_gateway: GatewayFactory, upstream: UpstreamThread
+) -> None:
+    """`stream_usage: true`: a client that did not ask for usage gets the stream it asked for (every chunk
+    has a choice), and the record has the upstream's own token counts."""
+    gw = stream_usage_gateway(make_gateway, upstream)
+    sink = collecting(gw)
+    upstream.clear()
+    with sdk(gw) as client:
+        chunks = list(client.chat.completions.create(model="deep", messages=HI, stream=True))
+        asked = list(client.chat.completions.create(model="deep", messages=HI, stream=True,
+                                                    stream_options={"include_usage": True}))  # fmt: skip
+        plain = list(client.chat.completions.create(model="plain", messages=HI, stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok0 tok1 tok2 tok3 "
+    assert not asked[-1].choices and asked[-1].usage is not None  # asked for: passed on as it came
+    assert asked[-1].usage.completion_tokens == 4
+    assert all(c.choices for c in plain)
+    sent = [r["body"].get("stream_options") for r in upstream.requests]
+    assert sent == [{"include_usage": True}, {"include_usage": True}, None]  # not on an upstream without it
+    records = wait_for(sink, 3)
+    assert [(r.prompt_tokens, r.completion_tokens, r.tokens_estimated) for r in records] == [
+        (8, 4, False), (8, 4, False), (records[2].prompt_tokens, 4, True),
+    ]  # fmt: skip
+
+
+def test_usage_filter_takes_out_only_the_usage_event_even_split_over_chunks() -> None:
+    usage = b'data: {"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}\n\n'
+    content = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    spaced = b'data: {"id": "x", "choices": [], "usage": {"prompt_tokens": 8}}\r\n\r\n'
+    done = b"data: [DONE]\n\n"
+    stream = content + content + usage + done
+    for cut in range(1, len(stream)):  # every place a chunk boundary can fall
+        strip = UsageFilter()
+        out = strip(stream[:cut]) + strip(stream[cut:]) + strip.rest
+        assert out == content + content + done, cut
+    strip = UsageFilter()
+    assert strip(content[:10]) == b"" and strip.rest == content[:10]  # no event ended yet: it waits
+    assert strip(content[10:] + spaced + done) == content + done
+    no_usage = b'data: {"id":"x","choices":[]}\n\n'  # an empty choice list without usage is not ours
+    assert UsageFilter()(no_usage + done) == no_usage + done
+    assert UsageFilter()(b"data: partial") == b""
 
 
 def test_failures_record_a_bounded_reason(make_gateway: GatewayFactory, upstream: UpstreamThread) -> None:

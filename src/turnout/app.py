@@ -28,7 +28,7 @@ from turnout.errors import (
     UpstreamError,
 )
 from turnout.gateway import Gateway
-from turnout.proxy import JsonReply, StreamReply, stream_error_event
+from turnout.proxy import JsonReply, StreamReply, UsageFilter, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
 from turnout.telemetry.meter import completion_chars, usage_of
@@ -242,6 +242,7 @@ async def relay_stream(
     meter, read, chunk = reply.meter if measure else None, reply.read, reply.first
     delta, counted = b"", 0  # this stream's spelling of a non-empty delta, once known; deltas counted here
     older = before = last = b""  # the last three chunks: the usage event is read from them at the end
+    strip = UsageFilter() if reply.strip_usage else None  # the meter sees the usage event; the client not
     try:
         while chunk:
             if meter is not None:
@@ -250,12 +251,18 @@ async def relay_stream(
                 else:
                     delta = meter.first(chunk)
                 older, before, last = before, last, chunk
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            out = chunk if strip is None else strip(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             try:
                 chunk = await read()
             except UpstreamError as exc:  # after the first byte: end the stream with an error event
+                if strip is not None:
+                    strip.rest = b""  # an event cut short is not passed on
                 await send({"type": "http.response.body", "body": reply.failed(exc), "more_body": True})
                 break
+        if strip is not None and strip.rest:  # whatever followed the last blank line, as it came
+            await send({"type": "http.response.body", "body": strip.rest, "more_body": True})
         watch.done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:

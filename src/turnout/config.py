@@ -48,6 +48,11 @@ class UpstreamConfig(Closed):
         120.0, gt=0, description="wait for the response headers; also the longest pause between stream chunks"
     )
     max_connections: int = Field(512, ge=1, description="pooled keep-alive connections to this upstream")
+    stream_usage: bool = Field(
+        False,
+        description="ask for usage at the end of every stream (`stream_options.include_usage`), so streamed "
+        "tokens and cost are reported, not estimated; the usage event is taken out for clients that did not ask",
+    )
 
 
 class ModelConfig(Closed):

@@ -6,6 +6,10 @@ and 401/403/408 (the gateway's own credentials or a transient refusal, not the c
 Other upstream 4xx are the client's problem: passed through with their status, never retried.
 Once the first byte of a stream is on its way to the client, an upstream failure ends the stream
 with an error event instead.
+
+With `upstreams.<name>.stream_usage`, a stream whose client did not ask for usage asks for it anyway
+(`stream_options.include_usage`), so its record has the upstream's token counts; the usage event that
+comes back is taken out of what the client receives (UsageFilter).
 """
 
 from __future__ import annotations
@@ -55,12 +59,64 @@ class StreamReply:
     close: Callable[[], None]  # closes the upstream response at once
     meter: StreamMeter
     upstream: str
+    strip_usage: bool = False  # the gateway asked for usage the client did not: take its event out
 
     def failed(self, exc: UpstreamError) -> bytes:
         """The upstream failed mid-stream: record why, and the error event that ends the client's stream."""
         kind = exc.kind
         self.meter.error = MID_STREAM_ERRORS.get(kind, "upstream_5xx")
         return stream_error_event(f"upstream `{self.upstream}` failed mid-stream ({kind})", "stream_interrupted")
+
+
+def asks_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _event_end(data: bytes, at: int) -> int:
+    """Where the SSE event around `at` ends (after its blank line), or -1 when it has not ended yet."""
+    lf, crlf = data.find(b"\n\n", at), data.find(b"\r\n\r\n", at)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 4
+    return lf + 2 if lf >= 0 else -1
+
+
+class UsageFilter:
+    """Takes the usage event (`"choices": []` with `"usage"`) out of a stream whose usage the gateway asked
+    for on its own (`stream_usage`), so the client gets the stream it asked for: some clients read
+    `choices[0]` of every chunk. Passes whole events only: the bytes after the last blank line wait for
+    the next chunk, so an event split over two chunks is judged whole. Upstreams end their chunks at event
+    boundaries, so nothing waits in practice. Separators `\n\n` and `\r\n\r\n` are both read."""
+
+    __slots__ = ("rest",)
+
+    def __init__(self) -> None:
+        self.rest = b""  # the start of an event not yet ended
+
+    def __call__(self, chunk: bytes) -> bytes:
+        data = self.rest + chunk if self.rest else chunk
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        if not end:  # no event ended in it yet
+            self.rest = data
+            return b""
+        whole, self.rest = (data, b"") if end == len(data) else (data[:end], data[end:])
+        if b'"choices":[]' not in whole and b'"choices": []' not in whole:
+            return whole
+        return self._without_usage(whole)
+
+    @staticmethod
+    def _without_usage(whole: bytes) -> bytes:
+        out, start = [], 0  # `whole` starts and ends at event boundaries
+        while start < len(whole):
+            end = _event_end(whole, start)
+            if end < 0:
+                end = len(whole)
+            event = whole[start:end]
+            if not (b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event)):
+                out.append(event)
+            start = end
+        return b"".join(out)
 
 
 @dataclass(slots=True)
@@ -110,6 +166,8 @@ class Proxy:
         self.upstreams = upstreams
         self.health = health
         self._secrets = {name: self._secrets_of(up) for name, up in upstreams.items()}
+        self._stream_usage = {name: bool(getattr(getattr(up, "config", None), "stream_usage", False))
+                              for name, up in upstreams.items()}  # fmt: skip
 
     @staticmethod
     def _secrets_of(upstream: Upstream) -> tuple[str, ...]:
@@ -129,9 +187,16 @@ class Proxy:
         """Answer from the first target that can; raise AllTargetsFailed with every attempt otherwise."""
         failures: list[tuple[str, UpstreamError]] = []
         tries = self.config.attempts_per_target
+        asked = stream and asks_usage(body)
         for ti, target in enumerate(targets):
             body["model"] = target.name
-            payload = orjson.dumps(body)
+            inject = stream and not asked and self._stream_usage.get(target.upstream, False)
+            if inject:  # the client's own body is left as it was, for the next target
+                options = body.get("stream_options")
+                extra = options if isinstance(options, dict) else {}
+                payload = orjson.dumps({**body, "stream_options": {**extra, "include_usage": True}})
+            else:
+                payload = orjson.dumps(body)
             upstream = self.upstreams[target.upstream]
             for n in range(tries):
                 start = time.perf_counter()
@@ -161,7 +226,10 @@ class Proxy:
                     attempts.append(Attempt(target.key, "upstream_4xx", exc.status, _ms(start), _off(start, started)))
                     self.health.ok(target.upstream)
                     raise
-                status = reply.status if isinstance(reply, JsonReply) else 200
+                if isinstance(reply, JsonReply):
+                    status = reply.status
+                else:
+                    status, reply.strip_usage = 200, inject
                 attempts.append(Attempt(target.key, None, status, _ms(start), _off(start, started)))
                 self.health.ok(target.upstream)
                 return Outcome(reply, target, attempts)
