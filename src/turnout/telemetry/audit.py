@@ -304,6 +304,24 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
 T = TypeVar("T")
 
 
+class Throttle:
+    """At most once every `seconds`: `due()` says yes, and starts a new wait, when the last yes is that old
+    (or when forced). For log lines that a failing store would otherwise repeat every batch."""
+
+    __slots__ = ("_next", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if now < self._next and not force:
+            return False
+        self._next = now + self.seconds
+        return True
+
+
 class BackgroundWriter(Generic[T]):
     """A daemon thread that owns one SQLite connection and writes what `put` queued, in batches.
 
@@ -330,9 +348,9 @@ class BackgroundWriter(Generic[T]):
         self._error: BaseException | None = None
         self._retries = 0
         self._failing = False  # a write failed, and none has worked since
-        self._quiet_until = 0.0  # failures are not logged again before this (time.monotonic)
-        self._quiet_dropping = False  # the last failure logged was a drop
-        self._quiet_recovery_until = 0.0
+        self._failure_log = Throttle(FAILING_LOG_S)
+        self._logged_drop = False  # the last failure logged was a drop
+        self._recovery_log = Throttle(FAILING_LOG_S)
         self._thread: threading.Thread | None = None
         self.purge_chunk = PURGE_CHUNK
 
@@ -448,9 +466,7 @@ class BackgroundWriter(Generic[T]):
             self.written += len(batch) if stored is None else stored
             if self._failing:
                 self._failing = False
-                now = time.monotonic()
-                if now >= self._quiet_recovery_until:
-                    self._quiet_recovery_until = now + FAILING_LOG_S
+                if self._recovery_log.due():
                     log.warning("%s: writing again; %d records dropped in all", self.what, self.dropped)
 
     def _failed(self, exc: Exception, dropping: bool) -> None:
@@ -459,10 +475,9 @@ class BackgroundWriter(Generic[T]):
         that stays broken (a full disk) would otherwise log every batch, and one that flaps every few.
         Call it from the `except` block."""
         self._failing = True
-        now = time.monotonic()
-        if now < self._quiet_until and not (dropping and not self._quiet_dropping):
+        if not self._failure_log.due(force=dropping and not self._logged_drop):
             return
-        self._quiet_until, self._quiet_dropping = now + FAILING_LOG_S, dropping
+        self._logged_drop = dropping
         reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, sqlite3.Error) else type(exc).__name__
         if dropping:
             message = "%s: writes keep failing (%s); %d records dropped so far (turnout_log_rows_total)"
@@ -605,7 +620,7 @@ class AuditSink(BackgroundWriter[list[Any]]):
         self.jsonl: RotatingJsonl | None = None
         self.unwritable = 0  # rows orjson could not write (dropped, and counted in `dropped` too)
         self.jsonl_lost = 0  # JSONL lines that could not be written (their rows are in SQLite)
-        self._jsonl_quiet_until = 0.0
+        self._jsonl_log = Throttle(FAILING_LOG_S)
 
     def emit(self, record: RequestRecord) -> None:
         """The row is a list of the record's values, made on the loop; the writer serializes a whole batch
@@ -646,9 +661,7 @@ class AuditSink(BackgroundWriter[list[Any]]):
                 self.jsonl.write([jsonl_line(row) for row in kept])
             except OSError:  # the rows are in SQLite; a JSONL failure must not write them twice
                 self.jsonl_lost += len(kept)
-                now = time.monotonic()
-                if now >= self._jsonl_quiet_until:  # a full disk fails every batch: once a minute is enough
-                    self._jsonl_quiet_until = now + FAILING_LOG_S
+                if self._jsonl_log.due():  # a full disk fails every batch: once a minute is enough
                     log.exception("audit log: writing `%s` failed; %d lines lost so far (the rows are in SQLite; "
                                   "logged at most once a minute)", self.jsonl.path, self.jsonl_lost)  # fmt: skip
         return len(docs)
