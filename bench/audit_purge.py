@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Retention at scale: what deleting expired audit rows costs the writer (prints numbers; not a test).
 
-    .venv/bin/python bench/audit_purge.py [--expired 1000000] [--rate 500]
+    .venv/bin/python bench/audit_purge.py [--expired 1000000] [--rate 500] [--layout days|legacy]
 
-Builds an audit store with `--expired` rows older than the retention (gatebench-sized rows, ~570 bytes)
-and one day of recent ones, then starts the real AuditSink on it, as `turnout serve` does, while records
-arrive at `--rate` per second, and prints: how long `start()` took (the gateway is not ready before it
-returns), how long until every expired row was gone, the writer thread's CPU for it, the largest the
-write-ahead log grew, and the longest a new record waited to be written (the writer drains its queue
-between purge chunks). Run it on a build from before the chunked purge to compare.
+Builds an audit store with `--expired` rows older than the retention (gatebench-sized rows, ~570 bytes),
+spread over ten days, and the last hour's rows: in a table per day, as turnout writes them since
+0007_a_table_per_day, or with `--layout legacy` in the one table of a store written before. Then starts
+the real AuditSink on it, as `turnout serve` does, while records arrive at `--rate` per second, and
+prints: how long `start()` took (the gateway is not ready before it returns), how long until every
+expired row was gone, the writer thread's CPU for it, the largest the write-ahead log grew, and the
+longest a new record waited to be written (the writer drains its queue between purge chunks).
 """
 
 from __future__ import annotations
@@ -23,7 +24,20 @@ from pathlib import Path
 import orjson
 
 from turnout.config import default_config_tree, validate
-from turnout.telemetry.audit import MIGRATIONS, AuditSink, audit_row, connect, insert_many, migrate
+from turnout.telemetry.audit import (
+    DAY_S,
+    LEGACY,
+    MIGRATIONS,
+    AuditSink,
+    audit_row,
+    connect,
+    day_table,
+    insert_many,
+    insert_rows,
+    make_day_table,
+    migrate,
+    remake_view,
+)
 from turnout.types import Attempt, RequestRecord
 
 
@@ -37,16 +51,29 @@ def record(i: int, ts: float) -> RequestRecord:
     )  # fmt: skip
 
 
-def build_store(path: Path, expired: int) -> None:
+def build_store(path: Path, expired: int, layout: str) -> None:
+    """`expired` rows over the 10 days from 40 days ago, and the last hour's rows at one a second: in a
+    table per day (`days`), or all in the one table of a store written before 0007 (`legacy`)."""
     conn = connect(path)
     migrate(conn, MIGRATIONS)
     row = audit_row(record(0, 0.0))
     doc = orjson.dumps(row[1:]).decode()
-    old = time.time() - 40 * 86400
-    for start in range(0, expired, 10_000):
-        chunk = range(start, min(start + 10_000, expired))
-        insert_many(conn, "request_log", ("ts", "doc"), [(old + i * 0.001, doc) for i in chunk])
-    insert_many(conn, "request_log", ("ts", "doc"), [(time.time() - 3600 + i, doc) for i in range(3600)])
+    first = (int(time.time() // DAY_S) - 40) * DAY_S
+    step = 10 * DAY_S / max(expired, 1)
+    times = [first + i * step for i in range(expired)] + [time.time() - 3600 + i for i in range(3600)]
+    for start in range(0, len(times), 10_000):
+        chunk = times[start : start + 10_000]
+        if layout == "legacy":
+            insert_many(conn, LEGACY, ("ts", "doc"), [(ts, doc) for ts in chunk])
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        for day in sorted({int(ts // DAY_S) for ts in chunk}):
+            make_day_table(conn, day)
+            insert_rows(conn, day_table(day), ("ts", "doc"), [(ts, doc) for ts in chunk if int(ts // DAY_S) == day])
+        conn.execute("COMMIT")
+    if layout == "days":
+        conn.execute(f"DROP TABLE {LEGACY}")
+        remake_view(conn)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
@@ -62,7 +89,7 @@ def wal_size(path: Path) -> int:
 
 
 def expired_left(conn: sqlite3.Connection, cutoff: float) -> bool:
-    return conn.execute("SELECT 1 FROM request_log WHERE ts < ? LIMIT 1", (cutoff,)).fetchone() is not None
+    return conn.execute("SELECT 1 FROM requests WHERE ts < ? LIMIT 1", (cutoff,)).fetchone() is not None
 
 
 async def run(path: Path, rate: float, runtime: str) -> None:
@@ -108,13 +135,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--expired", type=int, default=1_000_000)
     ap.add_argument("--rate", type=float, default=500.0, help="records per second while the purge runs")
+    ap.add_argument(
+        "--layout",
+        choices=("days", "legacy"),
+        default="days",
+        help="expired rows in a table per day (0007 on), or in the one table from before 0007",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "audit.sqlite3"
         t = time.perf_counter()
-        build_store(path, a.expired)
+        build_store(path, a.expired, a.layout)
         size = path.stat().st_size / 1e6
-        print(f"store: {a.expired} expired rows, {size:.0f} MB, built in {time.perf_counter() - t:.1f} s")
+        print(f"store ({a.layout}): {a.expired} expired rows, {size:.0f} MB, built in {time.perf_counter() - t:.1f} s")
         asyncio.run(run(path, a.rate, d))
 
 

@@ -24,7 +24,18 @@ import yaml
 
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, UpstreamThread, base_config, free_port, sdk
 from turnout.config import validate
-from turnout.telemetry.audit import BATCH, DOC_FIELDS, MIGRATIONS, WAL_LIMIT_BYTES, AuditSink, connect, migrate
+from turnout.telemetry.audit import (
+    BATCH,
+    DOC_FIELDS,
+    MIGRATIONS,
+    WAL_LIMIT_BYTES,
+    AuditSink,
+    connect,
+    day_table,
+    make_day_table,
+    migrate,
+    remake_view,
+)
 from turnout.telemetry.review import PromptReviewLog
 from turnout.types import RequestRecord
 
@@ -84,8 +95,11 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents",
-                     "0005_rows_in_batches", "0006_one_row_per_request_again"]  # fmt: skip
-    assert {i for i in indexes if not i.startswith("sqlite_")} == {"request_log_ts"}
+                     "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day"]  # fmt: skip
+    # no row yet: no day's table, and the empty pre-0007 table went at the first purge
+    assert {i for i in indexes if not i.startswith("sqlite_")} == set()
+    assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'request%'").fetchall() == []
+    assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)  # the view reads as empty
     assert migrate(conn, MIGRATIONS) == []
     conn.close()
 
@@ -109,7 +123,7 @@ def test_rows_written_before_0004_read_the_same_through_the_view(tmp_path: Path)
         conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                      list(values.values()))  # fmt: skip
         assert migrate(conn, MIGRATIONS) == [
-            "0004_rows_as_documents", "0005_rows_in_batches", "0006_one_row_per_request_again"
+            "0004_rows_as_documents", "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day"
         ]  # fmt: skip
     [row] = rows(path)
     assert row == {"id": 1 << 12, **values}
@@ -130,7 +144,7 @@ def test_rows_written_in_0005_batches_read_the_same_after_0006(tmp_path: Path) -
             docs = [[times[i], doc[0], f"r{i}", *doc[2:]] for i in batch]
             conn.execute("INSERT INTO request_batch (ts, until, docs) VALUES (?, ?, ?)",
                          (times[batch[0]], times[batch[-1]], orjson.dumps(docs).decode()))  # fmt: skip
-        assert migrate(conn, MIGRATIONS) == ["0006_one_row_per_request_again"]
+        assert migrate(conn, MIGRATIONS) == ["0006_one_row_per_request_again", "0007_a_table_per_day"]
         first, *_ = rows(path)
         conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", (1700000100.0, orjson.dumps(doc).decode()))
     read = rows(path)
@@ -153,7 +167,7 @@ def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: Gatewa
     assert isinstance(row["latency_ms"], float) and isinstance(row["ttft_ms"], float)
     assert (row["scores"], row["provenance"], row["guards"], row["error"]) == ("{}", "[]", "[]", None)
     with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
-        [(doc,)] = conn.execute("SELECT doc FROM request_log").fetchall()
+        [(doc,)] = conn.execute(f"SELECT doc FROM {day_table(int(row['ts'] // 86400))}").fetchall()
     assert SECRET not in doc and len(orjson.loads(doc)) == 28
 
 
@@ -240,16 +254,16 @@ def expired_store(path: Path, expired: int) -> None:
     conn.close()
 
 
-def retention_sink(tmp_path: Path) -> AuditSink:
+def audit_sink(tmp_path: Path, retention_days: float = 30) -> AuditSink:
     config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
-              "telemetry": {"audit": {"retention_days": 30, "flush_s": 0.05}}}  # fmt: skip
+              "telemetry": {"audit": {"retention_days": retention_days, "flush_s": 0.05}}}  # fmt: skip
     return AuditSink(validate(config, {}))
 
 
 def test_a_purge_deletes_at_most_a_chunk_oldest_first(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     expired_store(path, 120)
-    sink = retention_sink(tmp_path)
+    sink = audit_sink(tmp_path)
     sink.purge_chunk = 50
     conn = connect(path)
     assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT_BYTES  # the log is capped
@@ -264,7 +278,7 @@ def test_a_large_purge_goes_on_while_new_rows_are_written(tmp_path: Path) -> Non
     """At start the writer deletes expired rows a chunk at a time, writing queued rows between chunks."""
     path = tmp_path / "audit.sqlite3"
     expired_store(path, 2_000)
-    sink = retention_sink(tmp_path)
+    sink = audit_sink(tmp_path)
     sink.purge_chunk = 100
 
     async def run() -> None:
@@ -282,6 +296,116 @@ def test_a_large_purge_goes_on_while_new_rows_are_written(tmp_path: Path) -> Non
     assert [r["request_id"] for r in rows(path)] == ["recent", *(f"new{i}" for i in range(30))]
 
 
+def write_records(sinks: list[AuditSink], records: list[RequestRecord]) -> None:
+    """Start the sinks, hand record i to sink i % len(sinks), close them: everything is written."""
+
+    async def run() -> None:
+        for sink in sinks:
+            await sink.start()
+        for i, record in enumerate(records):
+            sinks[i % len(sinks)].emit(record)
+        for sink in sinks:
+            await sink.close()
+
+    asyncio.run(run())
+
+
+def audit_tables(path: Path) -> list[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'request%' ORDER BY name"
+        return [name for (name,) in conn.execute(query)]
+
+
+def test_rows_go_to_the_table_of_their_utc_day_and_read_back_through_one_view(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    today = int(time.time() // 86400)
+    times = [(today - 2) * 86400 + 5.5, (today - 1) * 86400 + 86399.75, time.time(), (today - 1) * 86400 + 1.0]
+    write_records([audit_sink(tmp_path)], [RequestRecord(f"r{i}", ts, "chat", 200) for i, ts in enumerate(times)])
+    assert audit_tables(path) == [day_table(today - 2), day_table(today - 1), day_table(today)]
+    read = rows(path)
+    assert [r["request_id"] for r in read] == ["r0", "r1", "r3", "r2"]  # by day, then in the order written
+    assert [r["id"] >> 32 for r in read] == [today - 2, today - 1, today - 1, today]
+    assert [r["ts"] for r in read] == [times[0], times[1], times[3], times[2]]  # exact times
+    assert [r["day"] for r in read] == [time.strftime("%Y-%m-%d", time.gmtime(r["ts"])) for r in read]
+    with closing(sqlite3.connect(path)) as conn:  # a time range is searched in each day's index
+        plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN SELECT COUNT(*) FROM requests "
+                                                   "WHERE ts >= ? AND ts < ?", (times[3], times[2])))  # fmt: skip
+        assert all(f"USING INDEX {day_table(d)}_ts" in plan for d in (today - 2, today - 1, today)), plan
+        window = (times[3], times[2])  # yesterday's two rows, not today's
+        assert conn.execute("SELECT COUNT(*) FROM requests WHERE ts >= ? AND ts < ?", window).fetchone() == (2,)
+
+
+def test_retention_drops_a_day_once_all_of_it_is_older_than_retention_days(tmp_path: Path) -> None:
+    """A day's table goes once its last second is older than `retention_days`: rows are kept for at least
+    the retention, and at most one day more."""
+    path = tmp_path / "audit.sqlite3"
+    today = int(time.time() // 86400)
+    times = {"3 days": (today - 3) * 86400 + 100, "2 days": (today - 2) * 86400 + 86000,
+             "yesterday": (today - 1) * 86400}  # fmt: skip
+    write_records([audit_sink(tmp_path)], [RequestRecord(rid, ts, "chat", 200) for rid, ts in times.items()])
+    assert len(audit_tables(path)) == 3
+    # Each start purges. Retention 2 days: the day 3 days ago ended before now - 2 days; the one 2 days
+    # ago ends after it, so it stays, whatever the time of day (and whether or not its row has expired).
+    write_records([audit_sink(tmp_path, retention_days=2)], [])
+    assert audit_tables(path) == [day_table(today - 2), day_table(today - 1)]
+    write_records([audit_sink(tmp_path, retention_days=1)], [])
+    assert audit_tables(path) == [day_table(today - 1)]
+    assert [r["request_id"] for r in rows(path)] == ["yesterday"]
+    write_records([audit_sink(tmp_path, retention_days=1e-6)], [])
+    assert audit_tables(path) == [] and rows(path) == []  # every day gone: the view reads as empty
+
+
+def test_workers_writing_one_store_make_each_day_once(tmp_path: Path) -> None:
+    """Several worker processes write one store: each makes the day's table if it is not there yet."""
+    path = tmp_path / "audit.sqlite3"
+    today = int(time.time() // 86400)
+    records = [RequestRecord(f"r{i}", (today - i % 3) * 86400 + i, "chat", 200) for i in range(60)]
+    write_records([audit_sink(tmp_path), audit_sink(tmp_path)], records)
+    assert audit_tables(path) == [day_table(today - 2), day_table(today - 1), day_table(today)]
+    assert sorted(r["request_id"] for r in rows(path)) == sorted(r.request_id for r in records)
+
+
+def test_a_day_dropped_by_another_worker_is_made_again_on_the_retry(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    sink = audit_sink(tmp_path)
+
+    async def run() -> None:
+        await sink.start()
+        sink.emit(RequestRecord("first", time.time(), "chat", 200))
+        await until(lambda: sink.written == 1)
+        with closing(connect(path)) as other:  # another process drops the day the writer knows
+            other.execute(f"DROP TABLE {day_table(int(time.time() // 86400))}")
+            remake_view(other)
+        sink.emit(RequestRecord("second", time.time(), "chat", 200))
+        await until(lambda: sink.written == 2)  # the write failed, and the retry made the day again
+        await sink.close()
+
+    asyncio.run(run())
+    assert [r["request_id"] for r in rows(path)] == ["second"] and sink.dropped == 0
+
+
+async def until(done: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
+def test_the_view_reads_more_days_than_one_sqlite_union_may_hold() -> None:
+    """SQLite allows 500 terms per compound SELECT: a retention of years is a union of unions."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        for day in range(20000, 21200):
+            make_day_table(conn, day)
+            conn.execute(f"INSERT INTO {day_table(day)} (ts, doc) VALUES (?, ?)", (day * 86400.0 + 1, '["x"]'))
+        remake_view(conn)
+        assert conn.execute("SELECT COUNT(*), MIN(id) >> 32, MAX(id) >> 32 FROM requests").fetchone() == (
+            1200, 20000, 21199
+        )  # fmt: skip
+        window = (20500 * 86400.0, 20502 * 86400.0)
+        assert conn.execute("SELECT day FROM requests WHERE ts >= ? AND ts < ?", window).fetchall() == [("x",)] * 2
+
+
 def test_a_full_disk_drops_audit_rows_says_so_once_and_never_fails_a_request(
     tmp_path: Path, upstream: UpstreamThread
 ) -> None:
@@ -293,7 +417,7 @@ def test_a_full_disk_drops_audit_rows_says_so_once_and_never_fails_a_request(
     path = tmp_path / "turnout.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    limit = 192 * 1024  # the schema fits; a few hundred rows do not
+    limit = 320 * 1024  # the schema and its first day fit; a few hundred rows do not
     (tmp_path / "a.jsonl").write_bytes(b"\n" * (limit - 100))  # the JSONL copy fails from its first batch on
 
     def small_files() -> None:
@@ -415,6 +539,35 @@ def test_review_log_keeps_scrubbed_prompts_only_when_enabled(make_gateway: Gatew
     assert orjson.loads(row["params"]) == {"tools": [{"type": "function", "function": {"name": "get_weather"}}]}
     assert IMAGE[30:80].encode() not in (tmp_path / "review.sqlite3").read_bytes()
     assert SECRET.encode() not in (tmp_path / "audit.sqlite3").read_bytes()
+
+
+def test_an_expired_prompt_is_overwritten_in_the_review_store(tmp_path: Path) -> None:
+    """The review log deletes expired prompts with SQLite's secure delete on, whatever its build default:
+    once purged, a prompt's bytes are in no file of the store."""
+    config = {**base_config("http://127.0.0.1:9/v1"), "runtime_dir": str(tmp_path),
+              "telemetry": {"review_log": {"enabled": True, "retention_days": 1}}}  # fmt: skip
+    review = PromptReviewLog(validate(config, {}))
+
+    async def run() -> None:
+        await review.start()
+        expired = {"messages": [{"role": "user", "content": f"{SECRET} expired"}]}
+        review.capture(RequestRecord("old", time.time() - 2 * 86400, "chat", 200), expired)
+        review.capture(RequestRecord("new", time.time(), "chat", 200), {"messages": [{"role": "user", "content": "a"}]})
+        await review.close()  # writes both, then the purge deletes the old one
+
+    asyncio.run(run())
+    assert [r["request_id"] for r in rows(tmp_path / "review.sqlite3", "prompts")] == ["new"]
+    files = list(tmp_path.glob("review.sqlite3*"))
+    assert files and all(SECRET.encode() not in f.read_bytes() for f in files)
+    # the check can fail: without secure delete, a deleted row's bytes stay in the page
+    with closing(sqlite3.connect(tmp_path / "plain.sqlite3")) as conn:
+        conn.execute("PRAGMA secure_delete = OFF")
+        conn.execute("CREATE TABLE t (x TEXT)")
+        conn.execute("INSERT INTO t VALUES (?)", (SECRET,))
+        conn.commit()
+        conn.execute("DELETE FROM t")
+        conn.commit()
+    assert SECRET.encode() in (tmp_path / "plain.sqlite3").read_bytes()
 
 
 def test_review_log_refuses_to_exist_when_not_enabled() -> None:

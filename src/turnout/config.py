@@ -198,7 +198,9 @@ class AuditConfig(Closed):
     jsonl_path: str | None = Field(None, description="also write rotating JSONL here")
     jsonl_max_bytes: int = Field(50_000_000, ge=1000, description="rotate the JSONL file at this size")
     jsonl_backups: int = Field(5, ge=0, description="rotated JSONL files kept")
-    retention_days: float = Field(30.0, gt=0, description="audit rows older than this are deleted")
+    retention_days: float = Field(
+        30.0, gt=0, description="a UTC day's audit rows are deleted once all of the day is older than this"
+    )
     flush_s: float = Field(
         0.5, gt=0, le=60, description="records wait in memory at most this long; a writer thread writes them"
     )

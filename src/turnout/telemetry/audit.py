@@ -17,9 +17,11 @@ The request path never waits for a disk:
 A writer that falls MAX_QUEUED records behind (a stuck disk) drops new records and counts them rather
 than growing without bound. The schema is built by named migrations (MIGRATIONS), applied in order at
 start and recorded in `schema_migrations`; a schema change is a new migration, never an edit to an old one.
-Rows older than `retention_days` are deleted once the store is open and every PURGE_EVERY_S, PURGE_CHUNK
-rows per transaction with the queued rows written between chunks, so a large purge neither delays the
-start nor holds up writes.
+Rows are stored in a table per UTC day (0007_a_table_per_day) and read through the view `requests`.
+Once the store is open and every PURGE_EVERY_S, each day whose last second is older than
+`retention_days` is dropped whole; rows from before 0007, in the one table `request_log`, are deleted as
+they expire, PURGE_CHUNK rows per transaction with the queued rows written between chunks, so a large
+purge neither delays the start nor holds up writes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -58,6 +61,7 @@ FAILING_LOG_S = 60.0  # while writes fail, at most one log line this often (not 
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the write-ahead log is cut back to this after a checkpoint
 BUSY_TIMEOUT_MS = 5000  # several worker processes share one file
 DAY_S = 86400.0
+EPOCH = date(1970, 1, 1)
 REASON_CHARS = 200
 # Strategies whose reasons turnout writes itself; any other strategy's reason is replaced by a code.
 OWN_REASONS = frozenset({"explicit", "rules", "semantic", "classifier", "fallback", "sticky", "passthrough"})
@@ -153,6 +157,25 @@ def _one_row_per_request_again() -> tuple[str, ...]:
     )
 
 
+def _a_table_per_day() -> tuple[str, ...]:
+    """0007: new rows go to a table per UTC day, `request_log_YYYYMMDD (id, ts, doc)` with an index on `ts`,
+    made by the writer when the day's first row comes (`day_tables`); `requests` becomes the view over
+    them all (`requests_view`), remade whenever one is added or dropped. Retention drops a whole day
+    once all of it has expired, instead of deleting its rows one by one: ~3.5 us of writer CPU per row,
+    about what inserting it cost, against ~0.2 us per row for dropping its day (EPYC VM, docs/audit.md).
+    `request_log` keeps the rows written before and is read through the view too; its rows are deleted
+    one by one as they expire, as before, and the table is dropped once empty. Its ids stay as they
+    were; a day table's row reads as `day number x 2^32 + its id` (the day number counted from
+    1970-01-01), so ids stay unique and in time order."""
+    return ("DROP VIEW requests", _view_0007("SELECT id, ts, doc FROM request_log"))
+
+
+def _view_0007(source: str) -> str:
+    """The view `requests` of 0007 on: 0004's columns, read from the union of the tables in `source`."""
+    columns = ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(_DOC_0004))
+    return f"CREATE VIEW requests AS SELECT id, ts, {columns} FROM ({source})"
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     (
         "0001_requests",
@@ -209,7 +232,59 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0004_rows_as_documents", _rows_as_documents()),
     ("0005_rows_in_batches", _rows_in_batches()),
     ("0006_one_row_per_request_again", _one_row_per_request_again()),
+    ("0007_a_table_per_day", _a_table_per_day()),
 )
+
+
+# --- a table per day (0007) ------------------------------------------------------------------
+
+LEGACY = "request_log"  # the rows written before 0007, deleted one by one as they expire
+DAY_TABLE = re.compile(r"request_log_(\d{4})(\d{2})(\d{2})")
+# Tables per UNION ALL in the view: SQLite allows 500 terms in one compound SELECT, so a longer list (a
+# retention of more than VIEW_GROUP days) is a union of unions of at most this many.
+VIEW_GROUP = 400
+
+
+def day_table(days: int) -> str:
+    """The table of the UTC day `days` days after 1970-01-01."""
+    return "request_log_" + time.strftime("%Y%m%d", time.gmtime(days * DAY_S))
+
+
+def day_tables(conn: sqlite3.Connection) -> tuple[bool, list[int]]:
+    """Whether the pre-0007 table is still there, and the days (numbers) that have a table, oldest first."""
+    legacy, days = False, []
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        found = DAY_TABLE.fullmatch(name)
+        if found is not None:
+            y, m, d = map(int, found.groups())
+            days.append((date(y, m, d) - EPOCH).days)
+        legacy = legacy or name == LEGACY
+    return legacy, sorted(days)
+
+
+def requests_view(legacy: bool, days: Sequence[int]) -> str:
+    """`CREATE VIEW requests` over these tables. A range of `ts` is searched in each table's own index."""
+    arms = [f"SELECT id, ts, doc FROM {LEGACY}"] if legacy else []
+    arms += [f"SELECT {d << 32} + id AS id, ts, doc FROM {day_table(d)}" for d in days]
+    if not arms:
+        return _view_0007("SELECT NULL AS id, NULL AS ts, NULL AS doc WHERE 0")
+    if len(arms) > VIEW_GROUP:
+        groups = (arms[i : i + VIEW_GROUP] for i in range(0, len(arms), VIEW_GROUP))
+        arms = [f"SELECT * FROM ({' UNION ALL '.join(group)})" for group in groups]
+    return _view_0007(" UNION ALL ".join(arms))
+
+
+def make_day_table(conn: sqlite3.Connection, day: int) -> None:
+    """The table of day number `day`, unless it is there; in the caller's transaction (then remake_view)."""
+    table = day_table(day)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, ts REAL NOT NULL, doc TEXT NOT NULL)")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
+
+
+def remake_view(conn: sqlite3.Connection) -> None:
+    """The view over the tables there are now; in the caller's transaction."""
+    conn.execute("DROP VIEW IF EXISTS requests")
+    conn.execute(requests_view(*day_tables(conn)))
 
 
 # --- paths, days and reading ------------------------------------------------------------------
@@ -399,7 +474,7 @@ class BackgroundWriter(Generic[T]):
         """Store `batch`; returns how many of its rows were stored when not all of them were."""
         raise NotImplementedError
 
-    def opened(self) -> None:
+    def opened(self, conn: sqlite3.Connection) -> None:
         """Called in the writer thread once the database is ready (JSONL files open here)."""
 
     def closing(self) -> None:
@@ -410,7 +485,7 @@ class BackgroundWriter(Generic[T]):
         try:
             conn = connect(self.path)
             migrate(conn, self.migrations)
-            self.opened()
+            self.opened(conn)
         except Exception as exc:
             if conn is not None:
                 conn.close()
@@ -514,13 +589,18 @@ def insert_many(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
     CPU than the insert itself (measured under load: ~65 us per row with executemany, see
     docs/telemetry.md). Multi-row statements take the GIL back a handful of times per batch."""
     conn.execute("BEGIN IMMEDIATE")
+    insert_rows(conn, table, columns, rows)
+    conn.execute("COMMIT")
+
+
+def insert_rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]) -> None:
+    """insert_many's statements, in the caller's transaction."""
     done, total = 0, len(rows)
     for size in CHUNKS:
         while total - done >= size:
             flat = [value for row in rows[done : done + size] for value in row]
             conn.execute(multi_insert(table, columns, size), flat)
             done += size
-    conn.execute("COMMIT")
 
 
 # --- rows and JSONL ----------------------------------------------------------------------------
@@ -607,7 +687,9 @@ class RotatingJsonl:
 
 
 class AuditSink(BackgroundWriter[list[Any]]):
-    table = "request_log"  # read through the view `requests`
+    """Rows go to the table of their UTC day (0007_a_table_per_day), read through the view `requests`."""
+
+    table = LEGACY  # the rows from before 0007: BackgroundWriter.purge deletes them one by one
     migrations = MIGRATIONS
     what = "audit log"
     name = "audit"
@@ -621,6 +703,8 @@ class AuditSink(BackgroundWriter[list[Any]]):
         self.unwritable = 0  # rows orjson could not write (dropped, and counted in `dropped` too)
         self.jsonl_lost = 0  # JSONL lines that could not be written (their rows are in SQLite)
         self._jsonl_log = Throttle(FAILING_LOG_S)
+        self._days: set[int] = set()  # days known to have a table (made by this writer or another process)
+        self._today = (0.0, 0.0, "")  # the newest day's table: [start, end) and name, where almost every row goes
 
     def emit(self, record: RequestRecord) -> None:
         """The row is a list of the record's values, made on the loop; the writer serializes a whole batch
@@ -631,7 +715,12 @@ class AuditSink(BackgroundWriter[list[Any]]):
         """`emit` for a batch (telemetry.Telemetry.emit_many): one queue hand-over for all of it."""
         self.put_many([audit_row(r) for r in records])
 
-    def opened(self) -> None:
+    def opened(self, conn: sqlite3.Connection) -> None:
+        # Pages freed by dropping a day go to the free list as they are instead of being overwritten with
+        # zeros first (Debian's SQLite zeroes them, `secure_delete` on): that write cost as much as deleting
+        # the rows one by one (4.8 us per row dropped, against 0.24, EPYC VM). New rows reuse the pages.
+        conn.execute("PRAGMA secure_delete = FAST")
+        self._days = set(day_tables(conn)[1])
         if self.cfg.jsonl_path:
             self.jsonl = RotatingJsonl(Path(self.cfg.jsonl_path), self.cfg.jsonl_max_bytes, self.cfg.jsonl_backups)
 
@@ -640,22 +729,37 @@ class AuditSink(BackgroundWriter[list[Any]]):
             self.jsonl.close()
 
     def write(self, conn: sqlite3.Connection, batch: list[list[Any]]) -> int | None:
-        """Each row as (ts, its other values as one JSON array), all in one transaction (insert_many), then
-        the JSONL lines. A row orjson cannot write is dropped and counted; the others are still written."""
-        docs: list[Row] = []
+        """Each row as (ts, its other values as one JSON array) in the table of its day, all in one
+        transaction (insert_rows), then the JSONL lines. A row orjson cannot write is dropped and counted;
+        the others are still written."""
+        start, end, today = self._today
+        docs: list[Row] = []  # today's
+        other: dict[str, list[Row]] = {}  # other days' (a stream that began before midnight, a day's first row)
         kept: list[list[Any]] = []  # the rows written, for the JSONL copy
         serialize, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY  # dumps() inlined: ~0.2 of ~2 us per row
         for row in batch:
             try:
-                docs.append((row[0], serialize(row[1:], default=str, option=numpy).decode()))
+                doc = (row[0], serialize(row[1:], default=str, option=numpy).decode())
             except (TypeError, orjson.JSONEncodeError):
                 if not self.unwritable:
                     log.exception("audit log: a row could not be serialized; it is dropped (logged once)")
                 self.unwritable += 1
                 self.dropped += 1
+                continue
+            kept.append(row)
+            if start <= doc[0] < end:
+                docs.append(doc)
             else:
-                kept.append(row)
-        insert_many(conn, self.table, ("ts", "doc"), docs)
+                other.setdefault(self._table_of(conn, doc[0]), []).append(doc)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            insert_rows(conn, today, ("ts", "doc"), docs)
+            for table, rows in other.items():
+                insert_rows(conn, table, ("ts", "doc"), rows)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:  # a day another worker dropped, or a failing disk: the batch is retried
+            self._days, self._today = set(), (0.0, 0.0, "")  # and each day's table looked up again first
+            raise
         if self.jsonl is not None:
             try:
                 self.jsonl.write([jsonl_line(row) for row in kept])
@@ -664,4 +768,50 @@ class AuditSink(BackgroundWriter[list[Any]]):
                 if self._jsonl_log.due():  # a full disk fails every batch: once a minute is enough
                     log.exception("audit log: writing `%s` failed; %d lines lost so far (the rows are in SQLite; "
                                   "logged at most once a minute)", self.jsonl.path, self.jsonl_lost)  # fmt: skip
-        return len(docs)
+        return len(kept)
+
+    def _table_of(self, conn: sqlite3.Connection, ts: float) -> str:
+        """The table of the day of `ts`, made (with the view remade over it) if it is not there yet."""
+        day = int(ts // DAY_S)
+        table = day_table(day)
+        if day not in self._days:
+            conn.execute("BEGIN IMMEDIATE")  # another worker may be making it too: one of them does
+            try:
+                make_day_table(conn, day)
+                remake_view(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._days.add(day)
+        if day * DAY_S >= self._today[0]:  # the newest day: where the next rows go
+            self._today = (day * DAY_S, (day + 1) * DAY_S, table)
+        return table
+
+    def purge(self, conn: sqlite3.Connection) -> int:
+        """Retention: drop each day whose every row has expired (its end is more than `retention_days` ago),
+        in one transaction with the view remade. The pre-0007 rows are deleted one by one as before
+        (BackgroundWriter.purge, a chunk at a time; returns how many), and their table dropped once empty."""
+        legacy, days = day_tables(conn)
+        deleted = super().purge(conn) if legacy else 0
+        if deleted == self.purge_chunk:
+            return deleted  # more old rows to delete: the next round goes on
+        cutoff = time.time() - self.retention_s
+        expired = [d for d in days if (d + 1) * DAY_S <= cutoff]
+        empty = legacy and conn.execute(f"SELECT 1 FROM {LEGACY} LIMIT 1").fetchone() is None
+        if expired or empty:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for d in expired:
+                    conn.execute(f"DROP TABLE IF EXISTS {day_table(d)}")  # its index goes with it
+                if empty:
+                    conn.execute(f"DROP TABLE IF EXISTS {LEGACY}")
+                remake_view(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._days.difference_update(expired)
+            if self._today[2] and int(self._today[0] // DAY_S) in expired:
+                self._today = (0.0, 0.0, "")
+        return deleted
