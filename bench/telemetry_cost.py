@@ -12,6 +12,9 @@ larger than the effect. This measures the parts directly, on the real sinks, wit
                       on the event loop
   audit emit          AuditSink.emit_many (the rows and one queue hand-over), on the event loop
   audit writer        the writer thread's own CPU per row (multi-row INSERTs, WAL), while the loop emits
+  audit retention     what the rows cost again once they expire: AuditSink.purge dropping their day, per row
+                      (the records are dated 40 days back, so their day has expired; the default
+                      retention, 30 days). With retention every row is paid for this way, later
   usage (JSON)        telemetry.meter.usage_of on gatebench's JSON answer: the gateway reads usage only for
                       records, so with telemetry off it is not done
   stream meter        StreamMeter on gatebench's 16-chunk stream, usage read at the end (SSE only; apart)
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -31,7 +35,7 @@ import time
 
 from turnout.app import tune_gc
 from turnout.config import default_config_tree, validate
-from turnout.telemetry.audit import AuditSink
+from turnout.telemetry.audit import AuditSink, audit_path, connect
 from turnout.telemetry.meter import StreamMeter, usage_of
 from turnout.telemetry.metrics import MetricsSink
 from turnout.telemetry.record import build_record
@@ -121,9 +125,10 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
 
     writer = audit._thread.ident if audit._thread is not None else None
     w0, t, spent = thread_cpu(writer), time.thread_time(), 0.0
+    expiring = [dataclasses.replace(r, started_at=r.started_at - 40 * 86400) for r in records]
     for i in range(0, n, 32):  # 32 requests per loop turn, as under load; the writer runs beside the loop
         c = time.thread_time()
-        audit.emit_many(records[i : i + 32])
+        audit.emit_many(expiring[i : i + 32])
         spent += time.thread_time() - c
         await asyncio.sleep(0.002)
     await asyncio.sleep(0.6)  # one flush interval: the writer catches up
@@ -131,6 +136,14 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     await audit.close()
     out["audit emit"] = spent / n * 1e6
     out["audit writer"] = (w1 - w0) / max(written, 1) * 1e6
+    conn = connect(audit_path(settings))
+    audit.opened(conn)  # the writer's connection settings
+    t = time.thread_time()
+    audit.purge(conn)
+    out["audit retention"] = (time.thread_time() - t) / max(written, 1) * 1e6
+    left = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    conn.close()
+    assert left == 0, f"{left} expired rows left after the purge"
     return out
 
 
