@@ -509,13 +509,27 @@ def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_sink_writes()
         assert grouped | selected <= labels, f"unknown labels {(grouped | selected) - labels} in `{expr}`"
 
 
+def test_every_dashboard_query_is_scoped_to_the_chosen_jobs_and_instances() -> None:
+    """Several turnout deployments in one Prometheus: every series a panel or a variable reads is filtered
+    by the `job` and `instance` variables (which list the targets that expose turnout_build_info)."""
+    board = json.loads((ROOT / "deploy/grafana/turnout-dashboard.json").read_text())
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert variables == ["job", "instance", "router", "route", "model"]
+    for expr in dashboard_queries():
+        if expr.startswith("label_values(turnout_build_info"):
+            continue  # the job and instance variables themselves
+        for metric, selector in re.findall(r"\b((?:turnout|process)_[a-z_]+)(\{[^}]*\})?", expr):
+            assert selector.startswith('{job=~"$job", instance=~"$instance"'), f"{metric} in `{expr}`"
+
+
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     """Each query, its Grafana variables filled in, as a recording rule: `promtool check rules` parses them."""
-    fill = {"$__rate_interval": "1m", "$__range": "1h", "$router": ".*", "$route": ".*", "$model": ".*"}
+    fill = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".*", "$instance": ".*", "$router": ".*",
+            "$route": ".*", "$model": ".*"}  # fmt: skip
     rules = []
     for i, expr in enumerate(dashboard_queries()):
         if expr.startswith("label_values("):  # a Grafana template function, not PromQL
-            expr = re.fullmatch(r"label_values\((\w+), \w+\)", expr)[1]  # type: ignore[index]
+            expr = re.fullmatch(r"label_values\((\w+(?:\{[^}]*\})?), \w+\)", expr)[1]  # type: ignore[index]
         for name, value in fill.items():
             expr = expr.replace(name, value)
         assert "$" not in expr, expr
