@@ -69,7 +69,7 @@ def inputs(i: int) -> tuple[object, ...]:
     )  # fmt: skip
     ctx.target = Target("lite", "default", "m")
     ctx.attempts = [Attempt("lite", None, 200, 0.4, 3.1)]
-    return (ctx.request_id, time.time(), "chat", 200, 3.6, ctx, None, (12 + i % 50, 40), None, 0)
+    return (ctx.request_id, time.time(), "chat", 200, 3.6, ctx, None, (12 + i % 50, 40, 0), None, 0)
 
 
 # gatebench's fake upstream's answers (fake_upstream.py), byte for byte in shape

@@ -95,7 +95,8 @@ def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert names == ["0001_requests", "0002_index_time_route", "0003_only_the_time_index", "0004_rows_as_documents",
-                     "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day"]  # fmt: skip
+                     "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day",
+                     "0008_cached_tokens"]  # fmt: skip
     # no row yet: no day's table, and the empty pre-0007 table went at the first purge
     assert {i for i in indexes if not i.startswith("sqlite_")} == set()
     assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'request%'").fetchall() == []
@@ -123,10 +124,11 @@ def test_rows_written_before_0004_read_the_same_through_the_view(tmp_path: Path)
         conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                      list(values.values()))  # fmt: skip
         assert migrate(conn, MIGRATIONS) == [
-            "0004_rows_as_documents", "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day"
+            "0004_rows_as_documents", "0005_rows_in_batches", "0006_one_row_per_request_again", "0007_a_table_per_day",
+            "0008_cached_tokens",
         ]  # fmt: skip
     [row] = rows(path)
-    assert row == {"id": 1 << 12, **values}
+    assert row == {"id": 1 << 12, **values, "cached_tokens": None}  # a row from before 0008 has none
     assert [type(row[k]) for k in ("status", "confidence", "scores", "stream")] == [int, float, str, int]
 
 
@@ -144,7 +146,8 @@ def test_rows_written_in_0005_batches_read_the_same_after_0006(tmp_path: Path) -
             docs = [[times[i], doc[0], f"r{i}", *doc[2:]] for i in batch]
             conn.execute("INSERT INTO request_batch (ts, until, docs) VALUES (?, ?, ?)",
                          (times[batch[0]], times[batch[-1]], orjson.dumps(docs).decode()))  # fmt: skip
-        assert migrate(conn, MIGRATIONS) == ["0006_one_row_per_request_again", "0007_a_table_per_day"]
+        applied = ["0006_one_row_per_request_again", "0007_a_table_per_day", "0008_cached_tokens"]
+        assert migrate(conn, MIGRATIONS) == applied
         first, *_ = rows(path)
         conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", (1700000100.0, orjson.dumps(doc).decode()))
     read = rows(path)
@@ -168,7 +171,7 @@ def test_a_new_row_reads_back_with_the_types_of_its_columns(make_gateway: Gatewa
     assert (row["scores"], row["provenance"], row["guards"], row["error"]) == ("{}", "[]", "[]", None)
     with closing(sqlite3.connect(tmp_path / "audit.sqlite3")) as conn:
         [(doc,)] = conn.execute(f"SELECT doc FROM {day_table(int(row['ts'] // 86400))}").fetchall()
-    assert SECRET not in doc and len(orjson.loads(doc)) == 28
+    assert SECRET not in doc and len(orjson.loads(doc)) == len(DOC_FIELDS) == 29
 
 
 def test_no_record_is_lost_when_the_gateway_stops(make_gateway: GatewayFactory, tmp_path: Path) -> None:

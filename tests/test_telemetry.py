@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
-from turnout.config import default_config_tree, validate
+from turnout.config import ModelConfig, default_config_tree, validate
 from turnout.proxy import UsageFilter
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
 from turnout.telemetry.audit import AuditSink
@@ -164,9 +164,9 @@ def test_stream_meter_reads_bytes_without_keeping_them() -> None:
     assert m.first_content is None
     m.see(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"choices":[{"delta":{"content":"!"}}]}\n\n')
     m.see(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\ndata: [DONE]\n\n')
-    assert m.deltas == 2 and m.ttft_ms is not None and m.usage() == (3, 2)
-    assert usage_of(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2)
-    assert usage_of(b"not json, usage") == (None, None)
+    assert m.deltas == 2 and m.ttft_ms is not None and m.usage() == (3, 2, None)
+    assert usage_of(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2, None)
+    assert usage_of(b"not json, usage") == (None, None, None)
 
 
 def test_usage_is_read_from_the_usage_object_only() -> None:
@@ -176,14 +176,33 @@ def test_usage_is_read_from_the_usage_object_only() -> None:
                '"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'
                '"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}},'
                '"system_fingerprint":"fp"}')  # fmt: skip
-    assert usage_of(compact.encode()) == (12, 5)
+    assert usage_of(compact.encode()) == (12, 5, 4)  # 4 of the 12 prompt tokens came from the upstream's cache
     spaced = '{"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "choices": [{"message": {"content": "x"}}]}'
-    assert usage_of(spaced.encode()) == (3, 4)
-    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}],"usage":null}') == (None, None)
-    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}]}') == (None, None)
-    assert usage_of(b'{"usage":{"total_tokens":9}}') == (None, None)
-    assert usage_of(b'{"usage": {"completion_tokens": 4, "total_tokens": 7, "prompt_tokens": 3}}') == (3, 4)
-    assert usage_of(b'{"usage":{"prompt_tokens":2}}') == (2, None)
+    assert usage_of(spaced.encode()) == (3, 4, None)
+    none = (None, None, None)
+    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}],"usage":null}') == none
+    assert usage_of(b'{"choices":[{"message":{"content":"' + trap.encode() + b'"}}]}') == none
+    assert usage_of(b'{"usage":{"total_tokens":9}}') == (None, None, None)
+    assert usage_of(b'{"usage": {"completion_tokens": 4, "total_tokens": 7, "prompt_tokens": 3}}') == (3, 4, None)
+    assert usage_of(b'{"usage":{"prompt_tokens":2}}') == (2, None, None)
+    deepseek = b'{"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_cache_hit_tokens":8,'
+    deepseek += b'"prompt_cache_miss_tokens":2}}'  # DeepSeek's names
+    assert usage_of(deepseek) == (10, 5, 8)
+    stream = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":9,'
+              b'"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n')  # fmt: skip
+    assert usage_of(stream, last_events(stream)) == (9, 1, 0)
+
+
+def test_cached_prompt_tokens_cost_the_cached_input_price_or_else_the_input_price() -> None:
+    models = {
+        "cheap-cache": ModelConfig(upstream="u", name="a", input_price=2.0, output_price=8.0, cached_input_price=0.5),
+        "no-cache-price": ModelConfig(upstream="u", name="b", input_price=2.0, output_price=8.0),
+        "free-cache": ModelConfig(upstream="u", name="c", input_price=2.0, cached_input_price=0.0),
+    }
+    assert models["cheap-cache"].cost_usd(1000, 100, 800) == pytest.approx((200 * 2.0 + 800 * 0.5 + 100 * 8.0) / 1e6)
+    assert models["no-cache-price"].cost_usd(1000, 100, 800) == models["no-cache-price"].cost_usd(1000, 100)
+    assert models["free-cache"].cost_usd(1000, 0, 1000) == 0.0 and models["free-cache"].priced
+    assert models["cheap-cache"].cost_usd(10, 0, 50) == pytest.approx(10 * 0.5 / 1e6)  # more cached than sent: all
 
 
 def test_stream_meter_counts_deltas_in_spaced_json_tool_calls_and_events_sharing_a_chunk() -> None:
@@ -194,7 +213,7 @@ def test_stream_meter_counts_deltas_in_spaced_json_tool_calls_and_events_sharing
           b'data: {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\\"a\\""}}]}}]}\n\n')  # fmt: skip
     m.see(b'data: {"choices": [{"delta": {"content": "ok"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}'
           b"\n\ndata: [DONE]\n\n")  # fmt: skip
-    assert m.deltas == 3 and m.first_content is not None and m.usage() == (5, 3)
+    assert m.deltas == 3 and m.first_content is not None and m.usage() == (5, 3, None)
 
 
 def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
@@ -208,7 +227,7 @@ def test_answer_text_gives_a_token_estimate_when_usage_is_absent() -> None:
 
 def inputs(n: int) -> tuple[object, ...]:
     """What the request path queues for a request that failed before any decision (no context)."""
-    return (f"req-{n}", time.time(), "chat", 400, 1.5, None, "parse_error", (None, None), None, 0)
+    return (f"req-{n}", time.time(), "chat", 400, 1.5, None, "parse_error", (None, None, None), None, 0)
 
 
 def test_records_wait_for_a_batch_or_the_delay_then_reach_every_sink() -> None:
@@ -340,10 +359,10 @@ def test_stream_meter_after_the_first_content_counts_non_empty_deltas_and_reads_
     m.see(b'data: {"choices":[],"usage":{"prompt_t')
     m.see(b'okens":9,"completion_tokens":41}}\n\n')
     m.see(b"data: [DONE]\n\n")
-    assert m.deltas == 41 and m.first_content == first and m.usage() == (9, 41)
+    assert m.deltas == 41 and m.first_content == first and m.usage() == (9, 41, None)
     silent = StreamMeter(time.perf_counter())
     silent.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n')
-    assert silent.usage() == (None, None) and silent.deltas == 1
+    assert silent.usage() == (None, None, None) and silent.deltas == 1
 
 
 def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
@@ -354,7 +373,7 @@ def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
                b"data: [DONE]"]  # fmt: skip
     m = StreamMeter(time.perf_counter())
     m.see(b"\n\n".join(events) + b"\n\n")
-    assert m.deltas == 16 and m.first_content is not None and m.usage() == (8, 16)
+    assert m.deltas == 16 and m.first_content is not None and m.usage() == (8, 16, None)
 
 
 def test_stream_usage_is_read_from_the_last_three_events_only() -> None:
@@ -369,7 +388,7 @@ def test_stream_usage_is_read_from_the_last_three_events_only() -> None:
     assert last_events(done) == 0 and last_events(b"") == 0 and last_events(finish + done) == 0
     m = StreamMeter(time.perf_counter())
     m.see(stream)
-    assert m.usage() == (4, 50) and m.deltas == 50
+    assert m.usage() == (4, 50, None) and m.deltas == 50
     early = StreamMeter(time.perf_counter())  # usage four events from the end: not the stream's own
     early.see(usage % 1 + content * 2 + finish + done)
-    assert early.usage() == (None, None) and early.deltas == 2
+    assert early.usage() == (None, None, None) and early.deltas == 2

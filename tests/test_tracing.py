@@ -217,7 +217,8 @@ def test_failed_attempt_is_an_error_span_before_the_fallback_that_answered(
 def test_streamed_answer_span_lasts_until_the_stream_ends(
     make_gateway: GatewayFactory, collector: Collector, tmp_path: Path
 ) -> None:
-    gw = traced(make_gateway, collector, tmp_path)
+    cached = {"lite-model": {"upstream": "fake", "name": "fake-lite?cached=6"}}  # 6 of 8 prompt tokens cached
+    gw = traced(make_gateway, collector, tmp_path, models=cached)
     with sdk(gw) as client:
         list(client.chat.completions.create(model="lite", messages=HI, stream=True,
                                             stream_options={"include_usage": True}))  # fmt: skip
@@ -229,6 +230,7 @@ def test_streamed_answer_span_lasts_until_the_stream_ends(
     assert attempt.end == t.root.end  # the upstream sent until the relay finished
     assert 0 < attempt.attrs["turnout.first_chunk_ms"] <= t.root.attrs["turnout.ttft_ms"]
     assert (attempt.attrs["gen_ai.usage.input_tokens"], attempt.attrs["gen_ai.usage.output_tokens"]) == (8, 4)
+    assert attempt.attrs["gen_ai.usage.cache_read.input_tokens"] == 6
 
 
 def test_route_endpoint_trace_has_a_decide_span_and_no_attempts(

@@ -98,3 +98,40 @@ def test_usage_command_prints_a_table_and_json(
     assert "baseline $" in out and "savings $" in out and "1 of 5 requests have estimated token counts" in out
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split()[1:3] == ["5", "0"] and f"{3 * (DEEP - LITE):.6f}" in total
+
+
+CACHED = {  # the fake upstream reports 6 of its 8 prompt tokens as served from its cache
+    "lite-model": {"upstream": "fake", "name": "fake-lite?cached=6", "input_price": 1.0, "output_price": 2.0,
+                   "cached_input_price": 0.25},
+    "deep-model": {"upstream": "fake", "name": "fake-deep?cached=6", "input_price": 10.0, "output_price": 20.0},
+}  # fmt: skip
+
+
+def test_cached_prompt_tokens_are_priced_at_the_cached_input_price(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """JSON and a stream with usage on `lite` (a cached price), JSON on `deep` (none: cached tokens cost as
+    input): the audit rows, /usage (cost and baseline) and /metrics all price the cached part apart."""
+    gw = make_gateway(runtime_dir=str(tmp_path), models=CACHED, telemetry={"audit": {"flush_s": 0.05}})
+    with sdk(gw) as client:
+        client.chat.completions.create(model="auto", messages=HI)  # auto decides lite
+        list(client.chat.completions.create(model="lite", messages=HI, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+        client.chat.completions.create(model="deep", messages=HI)
+    body = usage(gw, "group_by=router,route", 3)
+    named_deep, named_lite, auto = body["data"]  # routes named directly (no router) first
+    json_lite = (2 * 1.0 + 6 * 0.25 + 7 * 2.0) / 1e6
+    assert (auto["router"], auto["route"], auto["prompt_tokens"], auto["cached_tokens"]) == ("auto", "lite", 8, 6)
+    assert auto["cost_usd"] == pytest.approx(json_lite)
+    assert auto["baseline_cost_usd"] == pytest.approx(DEEP)  # the same tokens on deep, whose cache costs as input
+    assert (named_lite["route"], named_lite["cached_tokens"], named_lite["estimated_requests"]) == ("lite", 6, 0)
+    assert named_lite["cost_usd"] == pytest.approx((2 * 1.0 + 6 * 0.25 + 4 * 2.0) / 1e6)  # 4 streamed tokens
+    assert (named_deep["route"], named_deep["cached_tokens"]) == ("deep", 6)
+    assert named_deep["cost_usd"] == pytest.approx(DEEP)
+    assert body["total"]["cached_tokens"] == 18
+    page = httpx.get(gw.url + "/metrics").text
+    assert 'turnout_cached_tokens_total{model="lite-model"} 12.0' in page
+    assert 'turnout_cached_tokens_total{model="deep-model"} 6.0' in page
+    lite_cost = float(next(line.split()[-1] for line in page.splitlines()
+                           if line.startswith('turnout_cost_total{currency="USD",model="lite-model"}')))  # fmt: skip
+    assert lite_cost == pytest.approx(named_lite["cost_usd"] + json_lite)

@@ -31,7 +31,7 @@ from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, UsageFilter, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
-from turnout.telemetry.meter import completion_chars, usage_of
+from turnout.telemetry.meter import NO_USAGE, completion_chars, usage_of
 from turnout.telemetry.record import error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
@@ -338,7 +338,7 @@ class App:
         meter = scope.get("turnout.meter")
         error = scope.get("turnout.error")
         if meter is None:
-            usage, ttft, deltas = scope.get("turnout.usage", (None, None)), None, scope.get("turnout.deltas", 0)
+            usage, ttft, deltas = scope.get("turnout.usage", NO_USAGE), None, scope.get("turnout.deltas", 0)
         else:
             usage, ttft, deltas = meter.usage(), meter.ttft_ms, meter.deltas
             error = error or meter.error

@@ -60,10 +60,28 @@ class ModelConfig(Closed):
     name: str = Field(min_length=1, description="the model id the upstream knows")
     input_price: float = Field(0.0, ge=0, description="USD per 1M input tokens")
     output_price: float = Field(0.0, ge=0, description="USD per 1M output tokens")
+    cached_input_price: float | None = Field(
+        None, ge=0, description="USD per 1M input tokens the upstream served from its prompt cache; null: input_price"
+    )
     context_window: int | None = Field(None, ge=1, description="tokens; longer requests skip this model")
     capabilities: list[Capability] | None = Field(
         None, description="what it can do; requests needing more skip it; null: assume anything"
     )
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.input_price or self.output_price or self.cached_input_price)
+
+    @property
+    def cached_price(self) -> float:
+        """USD per 1M cached input tokens: `cached_input_price`, else `input_price`."""
+        return self.input_price if self.cached_input_price is None else self.cached_input_price
+
+    def cost_usd(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """USD for these tokens; `cached` is the part of `prompt` the upstream served from its cache."""
+        cached = min(max(cached, 0), prompt)
+        fresh = prompt - cached
+        return (fresh * self.input_price + cached * self.cached_price + completion * self.output_price) / 1e6
 
 
 class RouteConfig(Closed):

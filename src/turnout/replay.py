@@ -53,6 +53,7 @@ class Replayed:
     error: str | None = None  # NEW refused it (an unknown route or model)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -66,7 +67,8 @@ def text_free(strategy: str | None, trace: Iterable[dict[str, Any]]) -> bool:
 
 def logged_requests(conn: sqlite3.Connection, lo: float, hi: float, limit: int) -> list[sqlite3.Row]:
     rows = conn.execute(
-        """SELECT request_id, router, route, model, strategy, trace, prompt_tokens, completion_tokens, cost_usd
+        """SELECT request_id, router, route, model, strategy, trace, prompt_tokens, completion_tokens, cached_tokens,
+                  cost_usd
            FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND ts >= ? AND ts < ?
            ORDER BY ts DESC LIMIT ?""",
         (lo, hi, limit),
@@ -108,6 +110,7 @@ async def redecide(settings: Settings, rows: list[sqlite3.Row], texts: dict[str,
                 row["route"],
                 prompt_tokens=row["prompt_tokens"] or 0,
                 completion_tokens=row["completion_tokens"] or 0,
+                cached_tokens=row["cached_tokens"] or 0,
                 cost_usd=row["cost_usd"] or 0.0,
             )
             out.append(r)
@@ -140,8 +143,7 @@ def _price(settings: Settings, route: str, r: Replayed) -> float | None:
     cfg = settings.routes.get(route)
     if cfg is None:
         return None
-    m = settings.models[cfg.targets[0]]
-    return (r.prompt_tokens * m.input_price + r.completion_tokens * m.output_price) / 1_000_000
+    return settings.models[cfg.targets[0]].cost_usd(r.prompt_tokens, r.completion_tokens, r.cached_tokens)
 
 
 def _shares(routes: Iterable[str]) -> dict[str, float]:

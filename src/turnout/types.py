@@ -132,6 +132,7 @@ class RequestRecord:
     cost_usd: float | None = None
     cache: str = "off"
     guards: list[dict[str, Any]] = field(default_factory=list)
+    cached_tokens: int | None = None  # of prompt_tokens, served from the upstream's prompt cache (reported only)
 
 
 class Sink(Protocol):

@@ -4,9 +4,10 @@ Chat requests, grouped by any of day (UTC), router, route and model:
 
     requests            chat requests, answered or not; `errors` counts those with a 4xx or 5xx status
     prompt_tokens, ...  as the upstream reported them; `estimated_requests` counts requests whose tokens
-                        were estimated because the upstream reported no usage
+                        were estimated because the upstream reported no usage; `cached_tokens`, the part
+                        of prompt_tokens the upstream served from its prompt cache
     cost_usd            the records' cost: the answering model's prices at the time (a model without
-                        prices counts as free)
+                        prices counts as free; cached prompt tokens at its `cached_input_price`, if set)
     baseline_cost_usd   what the same tokens would have cost on the router's most expensive route: for each
                         routed request, the highest cost among its router's routes, each priced at its first
                         target's current prices; a request that named a route as its `model` (no router
@@ -37,6 +38,7 @@ SUMS = (
     "errors",
     "prompt_tokens",
     "completion_tokens",
+    "cached_tokens",
     "estimated_requests",
     "cost_usd",
     "baseline_cost_usd",
@@ -84,13 +86,15 @@ def parse_query(query: str) -> UsageQuery:
 
 def baseline_sql(settings: Settings) -> tuple[str, list[Any]]:
     """An SQL expression for one row's baseline cost in USD, and its parameters (see the module doc)."""
-    tokens = "(COALESCE(prompt_tokens, 0) * ? + COALESCE(completion_tokens, 0) * ?)"
+    # ModelConfig.cost_usd in SQL: cached prompt tokens (at most all of them) at the cached price
+    cached = "MIN(COALESCE(cached_tokens, 0), COALESCE(prompt_tokens, 0))"
+    tokens = f"(COALESCE(prompt_tokens, 0) * ? + {cached} * (? - ?) + COALESCE(completion_tokens, 0) * ?)"
     cases: list[str] = []
     params: list[Any] = []
     for name, router in settings.routers.items():
         prices = list(
             dict.fromkeys(
-                (m.input_price, m.output_price)
+                (m.input_price, m.cached_price, m.input_price, m.output_price)
                 for m in (settings.models[settings.routes[r].targets[0]] for r in router.routes)
             )
         )
@@ -113,6 +117,7 @@ def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> di
             SUM(status >= 400) AS errors,
             SUM(COALESCE(prompt_tokens, 0)) AS prompt_tokens,
             SUM(COALESCE(completion_tokens, 0)) AS completion_tokens,
+            SUM(COALESCE(cached_tokens, 0)) AS cached_tokens,
             SUM(tokens_estimated) AS estimated_requests,
             SUM(COALESCE(cost_usd, 0)) AS cost_usd,
             SUM({baseline}) AS baseline_cost_usd
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     span = f"{report['since'] or 'start'} .. {report['until'] or 'now'} (UTC)"
     print(f"usage from {path}, {span}")
     labels = q.group_by or ("",)
-    rows = [[*labels, "requests", "errors", "input tok", "output tok", "cost $", "baseline $", "savings $"]]
+    rows = [[*labels, "requests", "errors", "input tok", "cached", "output tok", "cost $", "baseline $", "savings $"]]
     for d in report["data"]:
         rows.append([*(str(d[g] if d[g] is not None else "-") for g in q.group_by), *_numbers(d)])
     rows.append(["total", *[""] * (len(labels) - 1), *_numbers(report["total"])])
@@ -229,6 +234,7 @@ def _numbers(d: dict[str, Any]) -> list[str]:
         str(d["requests"]),
         str(d["errors"]),
         str(d["prompt_tokens"]),
+        str(d["cached_tokens"]),
         str(d["completion_tokens"]),
         f"{d['cost_usd']:.6f}",
         f"{d['baseline_cost_usd']:.6f}",

@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -66,13 +66,15 @@ REASON_CHARS = 200
 # Strategies whose reasons turnout writes itself; any other strategy's reason is replaced by a code.
 OWN_REASONS = frozenset({"explicit", "rules", "semantic", "classifier", "fallback", "sticky", "passthrough"})
 
-Migration = tuple[str, tuple[str, ...]]
+# A migration: its name and its steps, each an SQL statement or, where it depends on what the store holds
+# (the tables of 0007's days), a function of the connection.
+Migration = tuple[str, tuple[str | Callable[[sqlite3.Connection], None], ...]]
 
 COLUMNS = (
     "ts", "day", "request_id", "endpoint", "status", "error", "router", "route", "model", "upstream",
     "strategy", "reason", "confidence", "threshold", "margin", "scores", "provenance", "trace",
     "decision_ms", "attempts", "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "tokens_estimated", "cost_usd", "cache", "guards",
+    "tokens_estimated", "cost_usd", "cache", "guards", "cached_tokens",
 )  # fmt: skip
 DOC_FIELDS = COLUMNS[1:]  # a row's document: these values in this order (a JSON array), `ts` beside it
 
@@ -170,10 +172,21 @@ def _a_table_per_day() -> tuple[str, ...]:
     return ("DROP VIEW requests", _view_0007("SELECT id, ts, doc FROM request_log"))
 
 
-def _view_0007(source: str) -> str:
-    """The view `requests` of 0007 on: 0004's columns, read from the union of the tables in `source`."""
-    columns = ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(_DOC_0004))
+def _view_0007(source: str, fields: tuple[str, ...] = _DOC_0004) -> str:
+    """The view `requests` of 0007 on: `fields` (0004's, unless said), read from the union in `source`."""
+    columns = ", ".join(f"json_extract(doc, '$[{i}]') AS {f}" for i, f in enumerate(fields))
     return f"CREATE VIEW requests AS SELECT id, ts, {columns} FROM ({source})"
+
+
+# 0008's fields: 0004's, then the cached prompt tokens (a row written before reads it as null).
+_DOC_0008 = (*_DOC_0004, "cached_tokens")
+
+
+def _view_with_cached_tokens(conn: sqlite3.Connection) -> None:
+    """0008: the view `requests` gets `cached_tokens`, the 29th value of a row's document: prompt tokens
+    the upstream served from its cache, priced at the model's `cached_input_price`."""
+    conn.execute("DROP VIEW IF EXISTS requests")
+    conn.execute(requests_view(*day_tables(conn), fields=_DOC_0008))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -233,6 +246,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0005_rows_in_batches", _rows_in_batches()),
     ("0006_one_row_per_request_again", _one_row_per_request_again()),
     ("0007_a_table_per_day", _a_table_per_day()),
+    ("0008_cached_tokens", (_view_with_cached_tokens,)),
 )
 
 
@@ -262,16 +276,16 @@ def day_tables(conn: sqlite3.Connection) -> tuple[bool, list[int]]:
     return legacy, sorted(days)
 
 
-def requests_view(legacy: bool, days: Sequence[int]) -> str:
+def requests_view(legacy: bool, days: Sequence[int], fields: tuple[str, ...] = DOC_FIELDS) -> str:
     """`CREATE VIEW requests` over these tables. A range of `ts` is searched in each table's own index."""
     arms = [f"SELECT id, ts, doc FROM {LEGACY}"] if legacy else []
     arms += [f"SELECT {d << 32} + id AS id, ts, doc FROM {day_table(d)}" for d in days]
     if not arms:
-        return _view_0007("SELECT NULL AS id, NULL AS ts, NULL AS doc WHERE 0")
+        return _view_0007("SELECT NULL AS id, NULL AS ts, NULL AS doc WHERE 0", fields)
     if len(arms) > VIEW_GROUP:
         groups = (arms[i : i + VIEW_GROUP] for i in range(0, len(arms), VIEW_GROUP))
         arms = [f"SELECT * FROM ({' UNION ALL '.join(group)})" for group in groups]
-    return _view_0007(" UNION ALL ".join(arms))
+    return _view_0007(" UNION ALL ".join(arms), fields)
 
 
 def make_day_table(conn: sqlite3.Connection, day: int) -> None:
@@ -364,7 +378,10 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
         try:
             if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone() is None:
                 for statement in statements:
-                    conn.execute(statement)
+                    if isinstance(statement, str):
+                        conn.execute(statement)
+                    else:
+                        statement(conn)
                 conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
                 applied.append(name)
             conn.execute("COMMIT")
@@ -631,7 +648,7 @@ def audit_row(r: RequestRecord) -> list[Any]:
         r.started_at, utc_day(r.started_at), r.request_id, r.endpoint, r.status, r.error, r.router, r.route,
         r.model, r.upstream, r.strategy, stored_reason(r), r.confidence, r.threshold, r.margin, r.scores,
         r.provenance, r.trace, r.decision_ms, r.attempts, r.stream, r.latency_ms, r.ttft_ms, r.prompt_tokens,
-        r.completion_tokens, r.tokens_estimated, r.cost_usd, r.cache, r.guards,
+        r.completion_tokens, r.tokens_estimated, r.cost_usd, r.cache, r.guards, r.cached_tokens,
     ]  # fmt: skip
 
 
@@ -790,28 +807,29 @@ class AuditSink(BackgroundWriter[list[Any]]):
 
     def purge(self, conn: sqlite3.Connection) -> int:
         """Retention: drop each day whose every row has expired (its end is more than `retention_days` ago),
-        in one transaction with the view remade. The pre-0007 rows are deleted one by one as before
-        (BackgroundWriter.purge, a chunk at a time; returns how many), and their table dropped once empty."""
-        legacy, days = day_tables(conn)
-        deleted = super().purge(conn) if legacy else 0
-        if deleted == self.purge_chunk:
-            return deleted  # more old rows to delete: the next round goes on
-        cutoff = time.time() - self.retention_s
-        expired = [d for d in days if (d + 1) * DAY_S <= cutoff]
-        empty = legacy and conn.execute(f"SELECT 1 FROM {LEGACY} LIMIT 1").fetchone() is None
-        if expired or empty:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for d in expired:
-                    conn.execute(f"DROP TABLE IF EXISTS {day_table(d)}")  # its index goes with it
-                if empty:
-                    conn.execute(f"DROP TABLE IF EXISTS {LEGACY}")
+        and remake the view. The pre-0007 rows are deleted one by one as before (BackgroundWriter.purge, a
+        chunk at a time; returns how many), and their table dropped once empty. One transaction, which
+        takes the write lock before it looks at the tables: workers sharing the store purge in turn, and
+        the second finds the first one's work done."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            legacy, days = day_tables(conn)
+            deleted = super().purge(conn) if legacy else 0
+            more = deleted == self.purge_chunk  # more old rows to delete: the next round goes on, then drops
+            cutoff = time.time() - self.retention_s
+            expired = [] if more else [d for d in days if (d + 1) * DAY_S <= cutoff]
+            empty = legacy and not more and conn.execute(f"SELECT 1 FROM {LEGACY} LIMIT 1").fetchone() is None
+            for d in expired:
+                conn.execute(f"DROP TABLE {day_table(d)}")  # its index goes with it
+            if empty:
+                conn.execute(f"DROP TABLE {LEGACY}")
+            if expired or empty:
                 remake_view(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._days.difference_update(expired)
-            if self._today[2] and int(self._today[0] // DAY_S) in expired:
-                self._today = (0.0, 0.0, "")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._days.difference_update(expired)
+        if int(self._today[0] // DAY_S) in expired:
+            self._today = (0.0, 0.0, "")
         return deleted

@@ -147,6 +147,7 @@ def request_fields(rec: RequestRecord) -> dict[str, Any]:
         "ttft_ms": rec.ttft_ms,
         "prompt_tokens": rec.prompt_tokens,
         "completion_tokens": rec.completion_tokens,
+        "cached_tokens": rec.cached_tokens,
         "cost_usd": rec.cost_usd,
     }
     return {k: v for k, v in fields.items() if v is not None}

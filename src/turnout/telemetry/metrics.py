@@ -270,6 +270,12 @@ class MetricsSink:
             "turnout_tokens_total", "Tokens, by model, direction (input, output) and source (reported, estimated).",
             ("model", "direction", "source"),
         )  # fmt: skip
+        self.cached_tokens = CounterFamily(
+            "turnout_cached_tokens_total",
+            "Input tokens the upstream reported serving from its prompt cache (a part of turnout_tokens_total's "
+            "input), by model.",
+            ("model",),
+        )  # fmt: skip
         self.cost = CounterFamily(
             "turnout_cost_total", "Spend at the config's prices, by model and currency.", ("model", "currency")
         )
@@ -286,7 +292,7 @@ class MetricsSink:
         self.families: tuple[CounterFamily | HistogramFamily, ...] = (
             self.requests, self.request_seconds, self.errors, self.decisions, self.verdicts, self.decision_seconds,
             self.upstream_seconds, self.upstream_errors, self.ttft, self.tpot, self.retries, self.fallbacks,
-            self.tokens, self.cost, self.cache, self.log_rows,
+            self.tokens, self.cached_tokens, self.cost, self.cache, self.log_rows,
         )  # fmt: skip
         self.logs: list[BackgroundWriter[Any]] = []  # see `watch`
         self.streams = StreamCount()  # the gateway's own counter once telemetry.Telemetry shares it
@@ -513,6 +519,9 @@ class MetricsSink:
             out.adds.append((self.tokens, (model, "input", source), prompt))
         if completion:
             out.adds.append((self.tokens, (model, "output", source), completion))
+        cached = sum(r.cached_tokens or 0 for r in group)
+        if cached:
+            out.adds.append((self.cached_tokens, (model,), cached))
         if cost:
             out.adds.append((self.cost, (model, "USD"), cost))
         streamed = [r for r in group if r.ttft_ms is not None]

@@ -15,6 +15,7 @@ from turnout.errors import (
 )
 from turnout.features import estimate_tokens
 from turnout.numbers import round3, round4
+from turnout.telemetry.meter import NO_USAGE, Usage
 from turnout.types import RequestContext, RequestRecord
 
 ATTEMPT_ERRORS = {"timeout": "timeout", "connect": "connect", "dropped": "connect", "rate_limited": "rate_limited"}
@@ -40,10 +41,12 @@ def error_kind(exc: BaseException) -> str:
     return "internal"
 
 
-def cost(model: ModelConfig | None, prompt: int | None, completion: int | None) -> float | None:
-    if model is None or (not model.input_price and not model.output_price):
+def cost(
+    model: ModelConfig | None, prompt: int | None, completion: int | None, cached: int | None = None
+) -> float | None:
+    if model is None or not model.priced:
         return None
-    return ((prompt or 0) * model.input_price + (completion or 0) * model.output_price) / 1_000_000
+    return model.cost_usd(prompt or 0, completion or 0, cached or 0)
 
 
 def estimate_prompt_tokens(ctx: RequestContext) -> int:
@@ -69,7 +72,7 @@ def build_record(
     latency_ms: float,
     ctx: RequestContext | None,
     error: str | None = None,
-    usage: tuple[int | None, int | None] = (None, None),
+    usage: Usage = NO_USAGE,
     ttft_ms: float | None = None,
     deltas: int = 0,
 ) -> RequestRecord:
@@ -88,27 +91,28 @@ def build_record(
         upstream = models[model].upstream if model in models else None
     else:
         model = upstream = None
-    prompt = completion = cost_usd = None
+    prompt = completion = cached = cost_usd = None
     estimated = False
     if endpoint == "chat" and status == 200:
-        prompt, completion = usage
+        prompt, completion, cached = usage
         if prompt is None or completion is None:
             estimated = True
             prompt = estimate_prompt_tokens(ctx) if prompt is None else prompt
             completion = deltas if completion is None else completion
-        cost_usd = cost(models.get(model or ""), prompt, completion)
+        cost_usd = cost(models.get(model or ""), prompt, completion, cached)
     d = ctx.decision
     if d is None:
         return RequestRecord(
             request_id, started_at, endpoint, status, error, model=model, upstream=upstream, attempts=attempts,
             stream=ctx.stream, latency_ms=round3(latency_ms), ttft_ms=None if ttft_ms is None else round3(ttft_ms),
             prompt_tokens=prompt, completion_tokens=completion, tokens_estimated=estimated, cost_usd=cost_usd,
+            cached_tokens=cached,
         )  # fmt: skip
     return RequestRecord(
         request_id, started_at, endpoint, status, error, d.router, d.route, model, upstream, d.strategy, d.reason,
         d.confidence, d.scores, d.threshold, d.margin, d.provenance, round4(d.elapsed_ms), d.trace, attempts,
         ctx.stream, round3(latency_ms), None if ttft_ms is None else round3(ttft_ms), prompt, completion,
-        estimated, cost_usd,
+        estimated, cost_usd, cached_tokens=cached,
     )  # fmt: skip
 
 

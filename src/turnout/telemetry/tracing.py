@@ -205,6 +205,7 @@ class TracingSink:
         if answered:
             _set(attrs, "gen_ai.usage.input_tokens", rec.prompt_tokens)
             _set(attrs, "gen_ai.usage.output_tokens", rec.completion_tokens)
+            _set(attrs, "gen_ai.usage.cache_read.input_tokens", rec.cached_tokens)  # a part of input_tokens
             if rec.tokens_estimated:
                 attrs["turnout.tokens_estimated"] = True
             if rec.stream:

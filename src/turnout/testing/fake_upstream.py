@@ -17,6 +17,8 @@ an `x-fake-<knob>` header:
     fail_times    apply `fault` only to the first N requests with this model name, then answer
     retry_after   the Retry-After value of a 429 (default 1)
     slow_ms       default 5000
+    cached        report this many of the 8 prompt tokens as served from     fake?cached=6
+                  the upstream's cache (`usage.prompt_tokens_details`)
     judge         act as an LLM judge (non-streaming requests only)          fake?judge=1
                   1: answer a chat.completion whose content is a JSON verdict read from the last
                      user message: `route:<name>` there gives that route (as written) with
@@ -45,9 +47,16 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-KNOBS = ("chunks", "delay_ms", "tools", "fault", "fail_times", "retry_after", "slow_ms", "judge")
+KNOBS = ("chunks", "delay_ms", "tools", "fault", "fail_times", "retry_after", "slow_ms", "judge", "cached")
 DEFAULTS = {"chunks": "4", "delay_ms": "0", "tools": "0", "fault": "", "fail_times": "0", "retry_after": "1",
-            "slow_ms": "5000", "judge": ""}  # fmt: skip
+            "slow_ms": "5000", "judge": "", "cached": ""}  # fmt: skip
+
+
+def _usage(completion: int, cached: str) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": 8, "completion_tokens": completion, "total_tokens": 8 + completion}
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": int(cached), "audio_tokens": 0}
+    return usage
 
 
 def knobs(model: str, headers: Any) -> dict[str, str]:
@@ -61,7 +70,7 @@ def knobs(model: str, headers: Any) -> dict[str, str]:
     return k
 
 
-def _completion(model: str, tools: bool) -> dict[str, Any]:
+def _completion(model: str, tools: bool, cached: str = "") -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "Hello from the fake upstream."}
     if tools:
         message = {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
@@ -69,7 +78,7 @@ def _completion(model: str, tools: bool) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tools else "stop"}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": 7, "total_tokens": 15},
+        "usage": _usage(7, cached),
     }  # fmt: skip
 
 
@@ -98,7 +107,7 @@ def judge_verdict(body: dict[str, Any], mode: str) -> str:
     return f"```json\n{verdict}\n```" if mode == "fenced" else verdict
 
 
-def sse_events(model: str, chunks: int, tools: bool, usage: bool) -> list[bytes]:
+def sse_events(model: str, chunks: int, tools: bool, usage: bool, cached: str = "") -> list[bytes]:
     def ev(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
                "choices": choices, **extra}  # fmt: skip
@@ -118,7 +127,7 @@ def sse_events(model: str, chunks: int, tools: bool, usage: bool) -> list[bytes]
         out += [ev(choice({"content": f"tok{i} "})) for i in range(chunks)]
         out.append(ev(choice({}, "stop")))
     if usage:
-        out.append(ev([], usage={"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}))
+        out.append(ev([], usage=_usage(chunks, cached)))
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -211,7 +220,7 @@ class FakeUpstream:
             return _error(401, "Incorrect API key provided: sk-live-abcdef123456", "invalid_request_error", "bad_key")
         tools = k["tools"] not in ("", "0")
         if not body.get("stream"):
-            completion = _completion(model, tools)
+            completion = _completion(model, tools, k["cached"])
             if k["judge"] not in ("", "0"):
                 completion["choices"][0]["message"]["content"] = judge_verdict(body, k["judge"])
             data = json.dumps(completion).encode()
@@ -219,7 +228,7 @@ class FakeUpstream:
                 return await self._drop_mid_json(request, data)
             return web.Response(body=data, content_type="application/json")
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        events = sse_events(model, int(k["chunks"]), tools, usage)
+        events = sse_events(model, int(k["chunks"]), tools, usage, k["cached"])
         return await self._stream(request, model, events, float(k["delay_ms"]) / 1000, fault == "drop_mid")
 
     async def _slow(self, model: str, seconds: float) -> None:
