@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import yaml
 
 from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, base_config, sdk
 from turnout.cli import main
+from turnout.replay import logged_requests
+from turnout.telemetry.audit import MIGRATIONS, connect, migrate, open_store
 
 HI = [{"role": "user", "content": "hello there"}]
 PRICED = {
@@ -135,3 +138,26 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_input_price(
     lite_cost = float(next(line.split()[-1] for line in page.splitlines()
                            if line.startswith('turnout_cost_total{currency="USD",model="lite-model"}')))  # fmt: skip
     assert lite_cost == pytest.approx(named_lite["cost_usd"] + json_lite)
+
+
+def test_a_store_from_before_cached_tokens_reads_without_them(
+    upstream: UpstreamThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`turnout usage` and `turnout replay` open a store read-only, so one that no upgraded gateway has
+    opened yet (migrated to 0007, no `cached_tokens` column) still reads, with no cached tokens."""
+    path = tmp_path / "old.sqlite3"
+    with closing(connect(path)) as conn:
+        migrate(conn, MIGRATIONS[:7])
+        doc = [time.strftime("%Y-%m-%d", time.gmtime()), "r1", "chat", 200, None, "auto", "lite", "lite-model",
+               "fake", "explicit", "x", 1.0, None, None, {}, [], [], 0.1, [], False, 1.0, None, 8, 7, False, LITE,
+               "off", []]  # 0004's 28 values  # fmt: skip
+        conn.execute("INSERT INTO request_log (ts, doc) VALUES (?, ?)", (time.time(), json.dumps(doc)))
+        conn.commit()
+    config = str(write_config(tmp_path, upstream, runtime_dir=str(tmp_path), models=PRICED))
+    assert main(["usage", "--config", config, "--audit", str(path), "--group-by", "none", "--json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["requests"], total["prompt_tokens"], total["cached_tokens"]) == (1, 8, 0)
+    assert total["baseline_cost_usd"] == pytest.approx(DEEP)
+    with closing(open_store(path)) as conn:
+        [row] = logged_requests(conn, 0, time.time() + 1, 10)
+    assert (row["request_id"], row["cached_tokens"]) == ("r1", None)

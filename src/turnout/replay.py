@@ -33,7 +33,7 @@ import orjson
 
 from turnout.config import Settings
 from turnout.errors import TurnoutError
-from turnout.telemetry.audit import day_start, open_store, parse_day
+from turnout.telemetry.audit import cached_tokens_column, day_start, open_store, parse_day
 from turnout.types import RequestContext
 from turnout.usage import table
 
@@ -67,10 +67,10 @@ def text_free(strategy: str | None, trace: Iterable[dict[str, Any]]) -> bool:
 
 def logged_requests(conn: sqlite3.Connection, lo: float, hi: float, limit: int) -> list[sqlite3.Row]:
     rows = conn.execute(
-        """SELECT request_id, router, route, model, strategy, trace, prompt_tokens, completion_tokens, cached_tokens,
-                  cost_usd
-           FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND ts >= ? AND ts < ?
-           ORDER BY ts DESC LIMIT ?""",
+        f"""SELECT request_id, router, route, model, strategy, trace, prompt_tokens, completion_tokens,
+                   {cached_tokens_column(conn)} AS cached_tokens, cost_usd
+            FROM requests WHERE endpoint = 'chat' AND route IS NOT NULL AND ts >= ? AND ts < ?
+            ORDER BY ts DESC LIMIT ?""",
         (lo, hi, limit),
     ).fetchall()
     return rows[::-1]

@@ -30,7 +30,7 @@ import orjson
 
 from turnout.config import Settings
 from turnout.errors import PathNotFound, RequestError
-from turnout.telemetry.audit import audit_path, day_start, open_store, parse_day
+from turnout.telemetry.audit import audit_path, cached_tokens_column, day_start, open_store, parse_day
 
 GROUPS = ("day", "router", "route", "model")
 SUMS = (
@@ -84,10 +84,11 @@ def parse_query(query: str) -> UsageQuery:
     )
 
 
-def baseline_sql(settings: Settings) -> tuple[str, list[Any]]:
-    """An SQL expression for one row's baseline cost in USD, and its parameters (see the module doc)."""
+def baseline_sql(settings: Settings, column: str = "cached_tokens") -> tuple[str, list[Any]]:
+    """An SQL expression for one row's baseline cost in USD, and its parameters (see the module doc);
+    `column` is the cached tokens' (cached_tokens_column)."""
     # ModelConfig.cost_usd in SQL: cached prompt tokens (at most all of them) at the cached price
-    cached = "MIN(COALESCE(cached_tokens, 0), COALESCE(prompt_tokens, 0))"
+    cached = f"MIN(COALESCE({column}, 0), COALESCE(prompt_tokens, 0))"
     tokens = f"(COALESCE(prompt_tokens, 0) * ? + {cached} * (? - ?) + COALESCE(completion_tokens, 0) * ?)"
     cases: list[str] = []
     params: list[Any] = []
@@ -109,7 +110,8 @@ def baseline_sql(settings: Settings) -> tuple[str, list[Any]]:
 
 
 def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> dict[str, Any]:
-    baseline, params = baseline_sql(settings)
+    column = cached_tokens_column(conn)
+    baseline, params = baseline_sql(settings, column)
     groups = ", ".join(q.group_by)
     sql = f"""
         SELECT {groups + "," if groups else ""}
@@ -117,7 +119,7 @@ def summarise(conn: sqlite3.Connection, settings: Settings, q: UsageQuery) -> di
             SUM(status >= 400) AS errors,
             SUM(COALESCE(prompt_tokens, 0)) AS prompt_tokens,
             SUM(COALESCE(completion_tokens, 0)) AS completion_tokens,
-            SUM(COALESCE(cached_tokens, 0)) AS cached_tokens,
+            SUM(COALESCE({column}, 0)) AS cached_tokens,
             SUM(tokens_estimated) AS estimated_requests,
             SUM(COALESCE(cost_usd, 0)) AS cost_usd,
             SUM({baseline}) AS baseline_cost_usd

@@ -342,6 +342,13 @@ def day_start(d: date) -> float:
     return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
 
 
+def cached_tokens_column(conn: sqlite3.Connection) -> str:
+    """`cached_tokens`, or `NULL` in a store no gateway of this version has opened yet (before 0008): the
+    commands read a store read-only, so an upgrade is not applied until the gateway restarts."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    return "cached_tokens" if "cached_tokens" in columns else "NULL"
+
+
 def open_store(path: Path, what: str = "audit log", fix: str = "is `telemetry.audit` enabled?") -> sqlite3.Connection:
     """A read-only connection to an audit (or review) store; rows come back as sqlite3.Row."""
     if not path.is_file():
