@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -381,8 +381,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     applied: list[str] = []
     for name, statements in migrations:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone() is None:
                 for statement in statements:
                     if isinstance(statement, str):
@@ -391,11 +390,19 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
                         statement(conn)
                 conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
                 applied.append(name)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return applied
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction that takes the write lock at once, committed at the end, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 # --- the background writer --------------------------------------------------------------------
@@ -799,14 +806,9 @@ class AuditSink(BackgroundWriter[list[Any]]):
         day = int(ts // DAY_S)
         table = day_table(day)
         if day not in self._days:
-            conn.execute("BEGIN IMMEDIATE")  # another worker may be making it too: one of them does
-            try:
+            with immediate(conn):  # another worker may be making it too: one of them does
                 make_day_table(conn, day)
                 remake_view(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._days.add(day)
         if day * DAY_S >= self._today[0]:  # the newest day: where the next rows go
             self._today = (day * DAY_S, (day + 1) * DAY_S, table)
@@ -818,8 +820,7 @@ class AuditSink(BackgroundWriter[list[Any]]):
         chunk at a time; returns how many), and their table dropped once empty. One transaction, which
         takes the write lock before it looks at the tables: workers sharing the store purge in turn, and
         the second finds the first one's work done."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             legacy, days = day_tables(conn)
             deleted = super().purge(conn) if legacy else 0
             more = deleted == self.purge_chunk  # more old rows to delete: the next round goes on, then drops
@@ -832,10 +833,6 @@ class AuditSink(BackgroundWriter[list[Any]]):
                 conn.execute(f"DROP TABLE {LEGACY}")
             if expired or empty:
                 remake_view(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._days.difference_update(expired)
         if int(self._today[0] // DAY_S) in expired:
             self._today = (0.0, 0.0, "")
