@@ -69,17 +69,15 @@ class ModelConfig(Closed):
     )
 
     @property
-    def priced(self) -> bool:
-        return bool(self.input_price or self.output_price or self.cached_input_price)
-
-    @property
     def cached_price(self) -> float:
         """USD per 1M cached input tokens: `cached_input_price`, else `input_price`."""
         return self.input_price if self.cached_input_price is None else self.cached_input_price
 
     def cost_usd(self, prompt: int, completion: int, cached: int = 0) -> float:
         """USD for these tokens; `cached` is the part of `prompt` the upstream served from its cache."""
-        cached = min(max(cached, 0), prompt)
+        if cached <= 0:  # the usual case: no min, no max
+            return (prompt * self.input_price + completion * self.output_price) / 1e6
+        cached = min(cached, prompt)
         fresh = prompt - cached
         return (fresh * self.input_price + cached * self.cached_price + completion * self.output_price) / 1e6
 

@@ -128,11 +128,11 @@ class RequestRecord:
     ttft_ms: float | None = None  # first content chunk of a stream
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # of prompt_tokens, served from the upstream's prompt cache (reported only)
     tokens_estimated: bool = False
     cost_usd: float | None = None
     cache: str = "off"
     guards: list[dict[str, Any]] = field(default_factory=list)
-    cached_tokens: int | None = None  # of prompt_tokens, served from the upstream's prompt cache (reported only)
 
 
 class Sink(Protocol):

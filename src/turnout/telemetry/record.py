@@ -44,7 +44,7 @@ def error_kind(exc: BaseException) -> str:
 def cost(
     model: ModelConfig | None, prompt: int | None, completion: int | None, cached: int | None = None
 ) -> float | None:
-    if model is None or not model.priced:
+    if model is None or not (model.input_price or model.output_price or model.cached_input_price):
         return None
     return model.cost_usd(prompt or 0, completion or 0, cached or 0)
 
@@ -111,8 +111,8 @@ def build_record(
     return RequestRecord(
         request_id, started_at, endpoint, status, error, d.router, d.route, model, upstream, d.strategy, d.reason,
         d.confidence, d.scores, d.threshold, d.margin, d.provenance, round4(d.elapsed_ms), d.trace, attempts,
-        ctx.stream, round3(latency_ms), None if ttft_ms is None else round3(ttft_ms), prompt, completion,
-        estimated, cost_usd, cached_tokens=cached,
+        ctx.stream, round3(latency_ms), None if ttft_ms is None else round3(ttft_ms), prompt, completion, cached,
+        estimated, cost_usd,
     )  # fmt: skip
 
 
