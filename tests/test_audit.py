@@ -32,6 +32,7 @@ from turnout.telemetry.audit import (
     AuditSink,
     connect,
     day_table,
+    immediate,
     make_day_table,
     migrate,
     remake_view,
@@ -587,3 +588,15 @@ def test_day_names_change_at_utc_midnight_whatever_was_asked_before() -> None:
     ]  # fmt: skip
     assert utc_day(midnight - 86400 * 365) == "2025-12-06" and utc_day(midnight + 86400) == "2026-12-07"
     assert utc_day(midnight - 1) == "2026-12-05"
+
+
+def test_a_failed_transaction_leaves_nothing_behind_and_the_connection_usable(tmp_path: Path) -> None:
+    with closing(connect(tmp_path / "t.sqlite3")) as conn:
+        with pytest.raises(sqlite3.OperationalError), immediate(conn):
+            make_day_table(conn, 20000)
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        assert not conn.in_transaction
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
+        with immediate(conn):
+            make_day_table(conn, 20000)
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == [day_table(20000)]

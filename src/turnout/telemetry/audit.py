@@ -395,14 +395,17 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
 
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A transaction that takes the write lock at once, committed at the end, rolled back if it raises."""
+    """A transaction that takes the write lock at once, committed at the end, rolled back if it or the
+    commit raises (a failing store may fail the rollback too: the first error is the one raised)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 # --- the background writer --------------------------------------------------------------------
