@@ -43,10 +43,12 @@ class Served:
         self.proc, self.port, self.url = proc, port, f"http://127.0.0.1:{port}"
 
 
-def start_serve(*args: str, env: dict[str, str] | None = None) -> Served:
+def start_serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Served:
+    """`turnout serve` in `cwd` (the embedded default keeps its runtime directory, `.turnout`, there)."""
     port = free_port()
     proc = subprocess.Popen([*TURNOUT, "serve", "--port", str(port), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+                            cwd=cwd)  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -76,11 +78,11 @@ def served() -> Iterator[list[Served]]:
 
 
 def test_serve_on_the_embedded_default_answers_through_auto_lite_and_deep(
-    upstream: UpstreamThread, served: list[Served]
+    upstream: UpstreamThread, served: list[Served], tmp_path: Path
 ) -> None:
     env = {"TURNOUT_UPSTREAM_URL": upstream.url, "TURNOUT_LITE_MODEL": "small-one", "TURNOUT_DEEP_MODEL": "big-one",
            "TURNOUT_CONFIG": ""}  # fmt: skip
-    s = start_serve(env=env)
+    s = start_serve(env=env, cwd=tmp_path)  # its audit log goes to tmp_path/.turnout, not the checkout's
     served.append(s)
     with openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0) as client:
         for model in ("auto", "lite", "deep"):
@@ -99,9 +101,9 @@ def test_serve_on_the_embedded_default_answers_through_auto_lite_and_deep(
     assert ready["config"] == "embedded default (no config file)" and ready["ready"] is True
 
 
-def test_serve_with_a_dead_default_upstream_starts_and_says_so(served: list[Served]) -> None:
+def test_serve_with_a_dead_default_upstream_starts_and_says_so(served: list[Served], tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    s = start_serve(env={"TURNOUT_UPSTREAM_URL": dead, "TURNOUT_CONFIG": ""})
+    s = start_serve(env={"TURNOUT_UPSTREAM_URL": dead, "TURNOUT_CONFIG": ""}, cwd=tmp_path)
     served.append(s)
     r = httpx.post(s.url + "/v1/chat/completions", json={"model": "auto", "messages": HI}, timeout=10)
     assert r.status_code == 502 and "connect" in r.json()["error"]["message"]
