@@ -376,6 +376,37 @@ def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
     assert m.deltas == 16 and m.first_content is not None and m.usage() == (8, 16, None)
 
 
+def test_a_stream_that_asked_for_usage_sums_bytes_and_estimates_deltas_only_if_the_usage_never_comes() -> None:
+    """`sized` (the upstream was asked for usage): no delta count; without the usage event, the deltas are
+    estimated from the bytes after the first content over that event's size, whether the stream came as
+    one chunk, chunk by chunk, or through the relay's own loop (`seen`)."""
+    gatebench = b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"lite",'
+    events = [gatebench + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}']
+    events += [gatebench + b'"choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}]}' % i
+               for i in range(16)]  # fmt: skip
+    events += [gatebench + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', b"data: [DONE]"]
+    chunks = [e + b"\n\n" for e in events]
+    usage = gatebench + b'"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":16}}\n\n'
+
+    def sized() -> StreamMeter:
+        m = StreamMeter(time.perf_counter())
+        m.sized = True
+        return m
+
+    whole, apart, relayed = sized(), sized(), sized()
+    whole.see(b"".join(chunks))
+    for chunk in chunks:
+        apart.see(chunk)
+    relayed.first(chunks[0])
+    relayed.first(chunks[1])  # the first content: from here on the relay sums the bytes itself
+    relayed.seen(sum(len(c) for c in chunks[2:]), (b"", chunks[-2], chunks[-1]))
+    for m in (whole, apart, relayed):
+        assert m.deltas == 16 and m.usage() == (None, None, None) and m.first_content is not None
+    reported = sized()
+    reported.see(b"".join(chunks[:-1]) + usage + chunks[-1])
+    assert reported.usage() == (8, 16, None)
+
+
 def test_stream_usage_is_read_from_the_last_three_events_only() -> None:
     """The usage event comes last, before `[DONE]` (or before a finish event); earlier events are not
     searched, so a long stream without usage costs no scan of all of it."""

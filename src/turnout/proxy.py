@@ -60,6 +60,7 @@ class StreamReply:
     meter: StreamMeter
     upstream: str
     strip_usage: bool = False  # the gateway asked for usage the client did not: take its event out
+    usage_asked: bool = False  # the upstream was asked for usage (by the client or the gateway): see StreamMeter
 
     def failed(self, exc: UpstreamError) -> bytes:
         """The upstream failed mid-stream: record why, and the error event that ends the client's stream."""
@@ -229,7 +230,7 @@ class Proxy:
                 if isinstance(reply, JsonReply):
                     status = reply.status
                 else:
-                    status, reply.strip_usage = 200, inject
+                    status, reply.strip_usage, reply.usage_asked = 200, inject, inject or asked
                 attempts.append(Attempt(target.key, None, status, _ms(start), _off(start, started)))
                 self.health.ok(target.upstream)
                 return Outcome(reply, target, attempts)

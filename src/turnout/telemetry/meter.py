@@ -96,26 +96,44 @@ class StreamMeter:
     tokens for upstreams that report no usage (a trailing delta with an empty string counts as one more).
     Under load a whole stream often arrives as one or two chunks; the regex then stops at the first
     content and the rest is a substring count (callgrind: a regex over every byte was ~7 instructions a
-    byte)."""
+    byte).
 
-    __slots__ = ("_delta", "_tail", "deltas", "error", "first_content", "started")
+    When the upstream was asked for usage (`sized`: the client asked, or `stream_usage`), its usage event
+    gives the counts and the deltas are not counted: only the bytes after the first content are summed,
+    and should the event not come, `deltas` is estimated as those bytes over the first content event's
+    size. The count cost ~8,000 instructions per 16-chunk stream under load (~1.8 us on the EPYC VM)."""
+
+    __slots__ = ("_after", "_count", "_delta", "_event", "_tail", "error", "first_content", "sized", "started")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.first_content: float | None = None
-        self.deltas = 0
         self.error: str | None = None
+        self.sized = False  # usage was asked for: sum the bytes instead of counting deltas
+        self._count = 0  # deltas counted (sized: 1, the first content)
+        self._after = 0  # sized: bytes after the first content event
+        self._event = 0  # sized: the first content event's length in bytes, once known
         self._delta = b""  # this stream's spelling of a non-empty delta object, known at the first content
         self._tail = (b"", b"", b"")  # the last three chunks: the usage event and `[DONE]`, even if split
+
+    @property
+    def deltas(self) -> int:
+        """Non-empty deltas counted; sized, an estimate: the first content, then one per event-sized run of
+        the bytes after it, less one for the closing events (the finish event, `[DONE]`)."""
+        if self._event:
+            return 1 + max(round(self._after / self._event) - 1, 0)
+        return self._count
 
     def see(self, chunk: bytes) -> None:
         """One chunk of the stream (app.relay_stream does the same inline)."""
         tail = self._tail
         self._tail = (tail[1], tail[2], chunk)
-        if self._delta:
-            self.deltas += chunk.count(self._delta)
-        else:
+        if not self._delta:
             self.first(chunk)
+        elif self.sized:
+            self._after += len(chunk)
+        else:
+            self._count += chunk.count(self._delta)
 
     def first(self, chunk: bytes) -> bytes:
         """Before the first content: look for it in `chunk`. Returns this stream's spelling of a non-empty
@@ -126,12 +144,21 @@ class StreamMeter:
         self.first_content = time.perf_counter()
         at = chunk.rfind(b'"delta"', 0, found.start())  # the delta object the first content is in
         self._delta = delta = b'"delta": {"' if at >= 0 and chunk.startswith(b'"delta": ', at) else b'"delta":{"'
-        self.deltas += 1 + chunk.count(delta, found.end())
+        if self.sized:  # the first content event's size (to its blank line), and the bytes after it
+            begin, end = chunk.rfind(b"data:", 0, found.start()), chunk.find(b"\n\n", found.end())
+            end = end + 2 if end >= 0 else len(chunk)
+            self._event, self._after, self._count = end - max(begin, 0), len(chunk) - end, 1
+        else:
+            self._count += 1 + chunk.count(delta, found.end())
         return delta
 
     def seen(self, deltas: int, tail: tuple[bytes, bytes, bytes]) -> None:
-        """What app.relay_stream counted itself after the first content, and the stream's last three chunks."""
-        self.deltas += deltas
+        """What app.relay_stream counted itself after the first content (sized: the bytes after it), and
+        the stream's last three chunks."""
+        if self.sized:
+            self._after += deltas
+        else:
+            self._count += deltas
         self._tail = tail
 
     def usage(self) -> Usage:
