@@ -128,6 +128,11 @@ def test_usage_filter_takes_out_only_the_usage_event_even_split_over_chunks() ->
     no_usage = b'data: {"id":"x","choices":[]}\n\n'  # an empty choice list without usage is not ours
     assert UsageFilter()(no_usage + done) == no_usage + done
     assert UsageFilter()(b"data: partial") == b""
+    # a whole stream in one chunk (under load): only the usage event goes, wherever it is
+    assert UsageFilter()(content * 16 + no_usage + usage + done) == content * 16 + no_usage + done
+    crlf = content.replace(b"\n\n", b"\r\n\r\n")
+    assert UsageFilter()(crlf * 3 + spaced + crlf) == crlf * 4
+    assert UsageFilter()(usage + content + usage + done) == content + done
 
 
 def test_failures_record_a_bounded_reason(make_gateway: GatewayFactory, upstream: UpstreamThread) -> None:

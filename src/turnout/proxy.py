@@ -96,28 +96,46 @@ class UsageFilter:
 
     def __call__(self, chunk: bytes) -> bytes:
         data = self.rest + chunk if self.rest else chunk
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        if not end:  # no event ended in it yet
-            self.rest = data
-            return b""
-        whole, self.rest = (data, b"") if end == len(data) else (data[:end], data[end:])
-        if b'"choices":[]' not in whole and b'"choices": []' not in whole:
+        if data.endswith(b"\n\n"):  # the usual chunk: whole events (`\r\n\r\n` ends with `\n\r\n`, not this)
+            whole, self.rest = data, b""
+        else:
+            lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+            end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            if not end:  # no event ended in it yet
+                self.rest = data
+                return b""
+            whole, self.rest = (data, b"") if end == len(data) else (data[:end], data[end:])
+        first = whole.find(b"[]")  # one scan: the usage event has `"choices":[]` (or `"choices": []`)
+        if first < 0:
             return whole
-        return self._without_usage(whole)
+        return _without_usage(whole, max(first - 12, 0))
 
-    @staticmethod
-    def _without_usage(whole: bytes) -> bytes:
-        out, start = [], 0  # `whole` starts and ends at event boundaries
-        while start < len(whole):
-            end = _event_end(whole, start)
-            if end < 0:
-                end = len(whole)
-            event = whole[start:end]
-            if not (b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event)):
-                out.append(event)
-            start = end
-        return b"".join(out)
+
+def _without_usage(whole: bytes, look: int) -> bytes:
+    """`whole` (whole events) without its usage events, found from their `"choices": []` on from `look`,
+    not by splitting every event: for a whole stream in one chunk (under load) that cost ~250,000
+    instructions per 16-chunk stream, this ~44,000 (callgrind, EPYC VM)."""
+    out, start = [], 0
+    while True:
+        at = whole.find(b'"choices":[]', look)
+        spaced = whole.find(b'"choices": []', look, at if at >= 0 else len(whole))
+        if spaced >= 0 and (at < 0 or spaced < at):
+            at = spaced
+        if at < 0:
+            break
+        lf = whole.rfind(b"\n\n", start, at)  # where its event starts: after the last blank line before it
+        crlf = whole.rfind(b"\r\n\r\n", max(lf, start), at)
+        begin = max(lf + 2 if lf >= 0 else start, crlf + 4 if crlf >= 0 else start)
+        end = _event_end(whole, at)
+        if end < 0:
+            end = len(whole)
+        if b'"usage"' in whole[begin:end]:
+            out.append(whole[start:begin])
+        else:  # an empty choice list without usage is not ours: keep it, look further
+            out.append(whole[start:end])
+        start = look = end
+    out.append(whole[start:])
+    return b"".join(out)
 
 
 @dataclass(slots=True)
