@@ -241,9 +241,9 @@ async def relay_stream(
     watch = DisconnectWatch(receive)
     meter, read, chunk = reply.meter if measure else None, reply.read, reply.first
     delta, counted = b"", 0  # this stream's spelling of a non-empty delta, once known; deltas counted here
-    sized = meter is not None and reply.usage_asked  # usage will come: sum bytes, count no deltas (StreamMeter)
-    if sized:
-        meter.sized = True  # type: ignore[union-attr]
+    sized = False  # usage will come: sum the bytes, count no deltas (StreamMeter)
+    if meter is not None and reply.usage_asked:
+        sized = meter.sized = True
     older = before = last = b""  # the last three chunks: the usage event is read from them at the end
     strip = UsageFilter() if reply.strip_usage else None  # the meter sees the usage event; the client not
     try:
