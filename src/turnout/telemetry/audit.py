@@ -261,7 +261,7 @@ VIEW_GROUP = 400
 
 def day_table(days: int) -> str:
     """The table of the UTC day `days` days after 1970-01-01."""
-    return "request_log_" + time.strftime("%Y%m%d", time.gmtime(days * DAY_S))
+    return "request_log_" + _day_name(days).replace("-", "")
 
 
 def day_tables(conn: sqlite3.Connection) -> tuple[bool, list[int]]:
@@ -442,6 +442,9 @@ class BackgroundWriter(Generic[T]):
     what = ""
     fix = ""
     name = ""  # the `log` label of its metrics (turnout_log_rows_total)
+    # SQLite's `secure_delete` on the writing connection, whatever its build default (Debian's: on): ON
+    # overwrites a deleted row's bytes with zeros, which a store of request text needs.
+    secure_delete = "ON"
 
     def __init__(self, path: Path, retention_days: float, flush_s: float = FLUSH_S) -> None:
         self.path = path
@@ -518,6 +521,7 @@ class BackgroundWriter(Generic[T]):
         conn: sqlite3.Connection | None = None
         try:
             conn = connect(self.path)
+            conn.execute(f"PRAGMA secure_delete = {self.secure_delete}")
             migrate(conn, self.migrations)
             self.opened(conn)
         except Exception as exc:
@@ -622,9 +626,8 @@ def insert_many(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
     loop busy on the same core each of those hand-offs between the writer thread and the loop cost more
     CPU than the insert itself (measured under load: ~65 us per row with executemany, see
     docs/telemetry.md). Multi-row statements take the GIL back a handful of times per batch."""
-    conn.execute("BEGIN IMMEDIATE")
-    insert_rows(conn, table, columns, rows)
-    conn.execute("COMMIT")
+    with immediate(conn):
+        insert_rows(conn, table, columns, rows)
 
 
 def insert_rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]) -> None:
@@ -728,6 +731,10 @@ class AuditSink(BackgroundWriter[list[Any]]):
     what = "audit log"
     name = "audit"
     fix = "set `telemetry.audit.sqlite_path` to a writable file, or `telemetry.audit.enabled: false`"
+    # Pages freed by dropping a day go to the free list as they are instead of being overwritten with zeros
+    # first: that write cost as much as deleting the rows one by one (4.8 us per row dropped, against 0.24,
+    # EPYC VM). New rows reuse the pages; an audit row holds no request text.
+    secure_delete = "FAST"
 
     def __init__(self, settings: Settings) -> None:
         cfg = settings.telemetry.audit
@@ -750,10 +757,6 @@ class AuditSink(BackgroundWriter[list[Any]]):
         self.put_many([audit_row(r) for r in records])
 
     def opened(self, conn: sqlite3.Connection) -> None:
-        # Pages freed by dropping a day go to the free list as they are instead of being overwritten with
-        # zeros first (Debian's SQLite zeroes them, `secure_delete` on): that write cost as much as deleting
-        # the rows one by one (4.8 us per row dropped, against 0.24, EPYC VM). New rows reuse the pages.
-        conn.execute("PRAGMA secure_delete = FAST")
         self._days = set(day_tables(conn)[1])
         if self.cfg.jsonl_path:
             self.jsonl = RotatingJsonl(Path(self.cfg.jsonl_path), self.cfg.jsonl_max_bytes, self.cfg.jsonl_backups)
@@ -786,11 +789,10 @@ class AuditSink(BackgroundWriter[list[Any]]):
             else:
                 other.setdefault(self._table_of(conn, doc[0]), []).append(doc)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            insert_rows(conn, today, ("ts", "doc"), docs)
-            for table, rows in other.items():
-                insert_rows(conn, table, ("ts", "doc"), rows)
-            conn.execute("COMMIT")
+            with immediate(conn):
+                insert_rows(conn, today, ("ts", "doc"), docs)
+                for table, rows in other.items():
+                    insert_rows(conn, table, ("ts", "doc"), rows)
         except sqlite3.OperationalError:  # a day another worker dropped, or a failing disk: the batch is retried
             self._days, self._today = set(), (0.0, 0.0, "")  # and each day's table looked up again first
             raise

@@ -132,11 +132,6 @@ class PromptReviewLog(BackgroundWriter[tuple[RequestRecord, dict[str, Any]]]):
             raise ValueError("the prompt review log is off (`telemetry.review_log.enabled`); it is never implicit")
         super().__init__(review_path(settings), cfg.retention_days)
 
-    def opened(self, conn: sqlite3.Connection) -> None:
-        # Request text: a deleted row's bytes are overwritten, whatever SQLite's build default (Debian's is
-        # on, others off). The audit log, which holds no text, drops whole days without it instead.
-        conn.execute("PRAGMA secure_delete = ON")
-
     def capture(self, record: RequestRecord, body: dict[str, Any]) -> None:
         """Queue the request's text; the request is finished, so nothing changes `body` any more."""
         self.put((record, body))
