@@ -74,6 +74,14 @@ def asks_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+def _event_start(data: bytes, lo: int, hi: int) -> int:
+    """Just after the last blank line (`\n\n` or `\r\n\r\n`) in `data[lo:hi]`, or `lo` when it has none:
+    where the event holding position `hi` begins."""
+    lf = data.rfind(b"\n\n", lo, hi)
+    crlf = data.rfind(b"\r\n\r\n", max(lf, lo), hi)  # only one after the last `\n\n` can end later
+    return max(lf + 2 if lf >= 0 else lo, crlf + 4 if crlf >= 0 else lo)
+
+
 def _event_end(data: bytes, at: int) -> int:
     """Where the SSE event around `at` ends (after its blank line), or -1 when it has not ended yet."""
     lf, crlf = data.find(b"\n\n", at), data.find(b"\r\n\r\n", at)
@@ -99,8 +107,7 @@ class UsageFilter:
         if data.endswith(b"\n\n"):  # the usual chunk: whole events (`\r\n\r\n` ends with `\n\r\n`, not this)
             whole, self.rest = data, b""
         else:
-            lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-            end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            end = _event_start(data, 0, len(data))
             if not end:  # no event ended in it yet
                 self.rest = data
                 return b""
@@ -123,10 +130,7 @@ def _without_usage(whole: bytes, look: int) -> bytes:
             at = spaced
         if at < 0:
             break
-        lf = whole.rfind(b"\n\n", start, at)  # where its event starts: after the last blank line before it
-        crlf = whole.rfind(b"\r\n\r\n", max(lf, start), at)
-        begin = max(lf + 2 if lf >= 0 else start, crlf + 4 if crlf >= 0 else start)
-        end = _event_end(whole, at)
+        begin, end = _event_start(whole, start, at), _event_end(whole, at)
         if end < 0:
             end = len(whole)
         if b'"usage"' in whole[begin:end]:
