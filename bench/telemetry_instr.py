@@ -20,6 +20,14 @@ What it does not see: time in the kernel (socket syscalls are a good part of the
 is a larger share of the instructions than of the CPU time), and cache misses (a batch of records is
 cheaper in cycles than its instructions say, docs/metrics.md). Read it beside `telemetry_ab.py`.
 
+`--breakdown` also prints where the added instructions run: per thread (the event loop, the audit log's
+writer) and per shared object (the interpreter, SQLite, orjson, libc), from callgrind's files. Stop 16
+used it to decide against compiling the telemetry modules with mypyc: on the EPYC VM, of ~65,000
+instructions added per JSON request, ~50,600 are in libpython, ~5,200 in SQLite, ~3,900 in orjson and
+~4,600 in libc; ~19,500 run on the audit writer's thread. mypyc (telemetry modules, record and types)
+moved the total by under 2,000, since most of the interpreter's share is generic dict, tuple and call
+work that compiled code does through the same C API.
+
 Configs are bench/turnout-bench.yaml (`full`: metrics and audit log) and bench/turnout-bench-bare.yaml
 (`bare`: telemetry off) without the `smart` router, whose encoder takes minutes to load under valgrind;
 the model is `lite` (an explicit route) on gatebench's fake upstream. `--other` also runs both configs on
@@ -63,11 +71,52 @@ def burst(a: argparse.Namespace, n: int) -> int:
     return int(r["requests"])
 
 
+def self_cost(path: str) -> tuple[int, dict[str, int]]:
+    """(thread number, {shared object: instructions run in it}) of one callgrind file. Costs after a
+    `calls=` line are the callee's inclusive cost and are skipped; names may first appear on `cob=` lines."""
+    names: dict[str, str] = {}
+    per: dict[str, int] = {}
+    thread, current, skip = 1, "?", False
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("ob=", "cob=")):
+                ref, _, name = line.split("=", 1)[1].strip().partition(" ")
+                if name:
+                    names[ref] = name
+                if line.startswith("ob="):
+                    current = names.get(ref, ref)
+            elif line.startswith("thread:"):
+                thread = int(line.split()[1])
+            elif line.startswith("calls="):
+                skip = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    per[current] = per.get(current, 0) + int(parts[1])
+    return thread, per
+
+
+def breakdown(work: str, tag: str, done: int) -> dict[str, float]:
+    """Instructions per request by thread (`thread 1` is the event loop) and by shared object's file name."""
+    out: dict[str, float] = {}
+    for path in glob.glob(os.path.join(work, f"callgrind.{tag}.*")):  # the dump, not the start-up part
+        thread, per = self_cost(path)
+        for obj, n in per.items():
+            name = os.path.basename(obj).split(".cpython")[0].split(".so")[0]
+            out[f"thread {thread}"] = out.get(f"thread {thread}", 0) + n / done
+            out[name] = out.get(name, 0) + n / done
+    return out
+
+
 def count(a: argparse.Namespace, turnout: str, config: str, work: str, tag: str) -> float:
     """Instructions per request of `turnout serve --config config` under load."""
     out = os.path.join(work, f"callgrind.{tag}")
     env = dict(os.environ, TURNOUT_BENCH_UPSTREAM=f"http://127.0.0.1:{UP_PORT}/v1")
     cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no", f"--callgrind-out-file={out}",
+           *(["--separate-threads=yes"] if a.breakdown else []),
            turnout, "serve", "--config", config, "--port", str(GW_PORT)]  # fmt: skip
     with open(os.path.join(work, f"{tag}.log"), "wb") as log:
         gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -88,6 +137,8 @@ def count(a: argparse.Namespace, turnout: str, config: str, work: str, tag: str)
             for line in f:
                 if line.startswith("totals:"):
                     total += int(line.split()[1])
+    if a.breakdown:
+        a.parts_of[tag] = breakdown(work, tag, done)
     return total / done
 
 
@@ -104,11 +155,13 @@ def main() -> None:
     ap.add_argument("--other", metavar="TURNOUT", help="also both configs on another turnout build")
     ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
     ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
+    ap.add_argument("--breakdown", action="store_true", help="also the added instructions per thread and per library")
     ap.add_argument("--keep", metavar="DIR", help="copy callgrind's files here (callgrind_annotate reads them)")
     a = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: run `sh bench/setup.sh`")
 
+    a.parts_of = {}  # tag -> breakdown(), with --breakdown
     work = tempfile.mkdtemp(prefix="turnout-instr-")
     full = "telemetry:\n" + (f"  batch_delay_s: {a.batch_delay}\n" if a.batch_delay else "")
     full += "  audit:\n    flush_s: 30\n"  # the last block: `metrics` adds `enabled: false` to it
@@ -151,6 +204,18 @@ def main() -> None:
             if name != "bare":
                 added, label = per[prefix + name] - bare, "telemetry" if name == "full" else name
                 print(f"{prefix + label:<16} {added:>10,.0f} instructions per request = {100 * added / bare:+.1f} %")
+    if a.breakdown:
+        for prefix in builds:
+            bare = a.parts_of[(prefix + "bare").replace(" ", "-")]
+            for name in names:
+                if name == "bare":
+                    continue
+                part = a.parts_of[(prefix + name).replace(" ", "-")]
+                print(f"\n{prefix + name}: instructions per request added, by thread and by library")
+                added = {k: part.get(k, 0) - bare.get(k, 0) for k in set(part) | set(bare)}
+                for k, v in sorted(added.items(), key=lambda kv: (not kv[0].startswith("thread"), -abs(kv[1]))):
+                    if abs(v) >= 100:
+                        print(f"  {k:<28} {v:>10,.0f}")
     if a.other:
         for name in names:
             print(f"{name} vs other {name}: {100 * (per[name] / per['other ' + name] - 1):+.1f} %")
