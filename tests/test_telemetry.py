@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from turnout.config import ModelConfig, default_config_tree, validate
 from turnout.proxy import UsageFilter
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
 from turnout.telemetry.audit import AuditSink
-from turnout.telemetry.meter import StreamMeter, completion_chars, last_events, usage_of
+from turnout.telemetry.meter import StreamMeter, Usage, _usage_of, completion_chars, last_events, usage_of
 from turnout.telemetry.metrics import MetricsSink
 from turnout.types import RequestRecord
 
@@ -174,8 +175,10 @@ def test_stream_meter_reads_bytes_without_keeping_them() -> None:
     assert usage_of(b"not json, usage") == (None, None, None)
 
 
-def test_usage_is_read_from_the_usage_object_only() -> None:
-    """The body is searched, not parsed: keys inside answer text are escaped and never match."""
+@pytest.mark.parametrize("usage_of", [usage_of, _usage_of], ids=["compiled", "python"])
+def test_usage_is_read_from_the_usage_object_only(usage_of: Callable[..., Usage]) -> None:
+    """The body is searched, not parsed: keys inside answer text are escaped and never match. Both readers:
+    the C one turnout runs (where it was built) and the Python one it falls back to."""
     trap = '{\\"usage\\": {\\"prompt_tokens\\": 999, \\"completion_tokens\\": 999}}'
     compact = ('{"id":"c1","choices":[{"message":{"content":"' + trap + '"}}],'
                '"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'

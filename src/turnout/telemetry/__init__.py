@@ -135,6 +135,15 @@ class Telemetry:
         self.emit_many([record])
 
     async def start(self) -> None:
+        if self.enabled:
+            from turnout.telemetry.meter import COMPILED
+
+            if not COMPILED:
+                log.warning(
+                    "telemetry: turnout.telemetry._usage was not built at install (no C compiler?); reading token "
+                    "usage in Python costs ~10,000 more instructions (2-3 us) per request. Reinstall with a C "
+                    "compiler to build it."
+                )
         for sink in self.sinks:
             await sink.start()
         if self.review is not None:

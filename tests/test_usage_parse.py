@@ -1,0 +1,103 @@
+"""The C usage reader (telemetry/_usage.c) against the Python one it replaces (meter._usage_of).
+
+The Python reader is the reference: the C one must return the same counts for any bytes, including bodies
+that are truncated, malformed, or built to trip a hand-written parser. Bodies are assembled from the
+pieces both readers look for (keys, every whitespace byte `\\s` matches, colons, commas, braces, digit
+runs longer than a machine word) and from random bytes, then cut at random places; every body is also
+read from random start offsets, negative and past its end included.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from turnout.telemetry import meter
+
+PIECES = [
+    b'"usage"', b'"prompt_tokens"', b'"completion_tokens"', b'"cached_tokens"', b'"prompt_cache_hit_tokens"',
+    b'"prompt_tokens_details"', b"cache", b'"', b":", b",", b"{", b"}", b"[", b"]", b"null", b"true",
+    b" ", b"\t", b"\n", b"\r", b"\f", b"\v", b"0", b"7", b"42", b"007", b"12345678901234567890123",
+    b"999999999999999999", b"1000000000000000000", b'\\"usage\\"', b"data: ", b"\n\n", b"-1", b"1.5", b"\x00",
+    b"\xff", b'"usage":{', b'"usage": {"prompt_tokens": ', b'"completion_tokens":', b'"usage":null',
+]  # fmt: skip
+SHAPES = [
+    b'{"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":9}}',
+    b'{"usage": {"completion_tokens": %d, "prompt_tokens": %d}}',
+    b'{"usage":{"prompt_tokens":%d,"completion_tokens":%d,"prompt_tokens_details":{"cached_tokens":3}}}',
+    b'{"usage" :\n{ "prompt_tokens" :\t%d ,\r"completion_tokens"\f:\v%d }}',
+    b'{"usage":{"prompt_tokens":%d,"prompt_cache_hit_tokens":%d,"completion_tokens":4}}',
+]
+
+
+def bodies(rng: random.Random, n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        if i % 3 == 0:  # a realistic shape, maybe damaged
+            body = rng.choice(SHAPES) % (rng.randrange(10 ** rng.randrange(1, 25)), rng.randrange(1000))
+        else:
+            body = b"".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 40)))
+        if rng.random() < 0.3:
+            body = body[: rng.randrange(len(body) + 1)]
+        if rng.random() < 0.2:
+            at = rng.randrange(len(body) + 1)
+            body = body[:at] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4))) + body[at:]
+        out.append(body)
+    return out
+
+
+def test_the_compiled_reader_is_built_where_required() -> None:
+    """scripts/check (and so CI) sets TURNOUT_REQUIRE_TOOLS=1: there the C reader must have been built,
+    or every other usage test would quietly test the Python one only."""
+    if not meter.COMPILED:
+        if os.environ.get("TURNOUT_REQUIRE_TOOLS") == "1":
+            pytest.fail("turnout.telemetry._usage was not built (is a C compiler installed?)")
+        pytest.skip("turnout.telemetry._usage was not built: turnout runs the Python reader")
+    assert meter.usage_of is not meter._usage_of
+
+
+def test_the_compiled_reader_agrees_with_the_python_one() -> None:
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    rng = random.Random(20261207)
+    for body in bodies(rng, 20_000):
+        starts = [0, rng.randrange(-len(body) - 3, len(body) + 3), len(body), -1]
+        for start in starts:
+            assert meter.usage_of(body, start) == meter._usage_of(body, start), (body, start)
+        assert meter.usage_of(body) == meter._usage_of(body), body
+
+
+def test_the_compiled_reader_checks_its_arguments() -> None:
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    for bad in [(), (b"", 0, 1), ("text",), (bytearray(b'"usage"'),), (b"", "0")]:
+        with pytest.raises(TypeError):
+            meter.usage_of(*bad)
+    big = b'{"usage":{"prompt_tokens":' + b"9" * 400 + b',"completion_tokens":1}}'
+    assert meter.usage_of(big) == (int("9" * 400), 1, None) == meter._usage_of(big)
+
+
+def test_without_the_compiled_reader_turnout_reads_usage_in_python_and_says_so(tmp_path: Path) -> None:
+    """Where the extension could not be built, the import falls back to the Python reader, and a gateway
+    with telemetry on warns at start-up (run in a fresh interpreter that cannot import the extension)."""
+    script = """
+import asyncio, logging, sys
+sys.modules["turnout.telemetry._usage"] = None  # as if it had not been built
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from turnout.telemetry import Telemetry, meter
+assert not meter.COMPILED and meter.usage_of is meter._usage_of
+print(meter.usage_of(b'{"usage":{"prompt_tokens":8,"completion_tokens":7}}'))
+asyncio.run(Telemetry(sinks=[], review=None).start())  # nothing on: no warning
+t = Telemetry(sinks=[])
+t.sinks.append(type("Quiet", (), {"start": lambda self: asyncio.sleep(0)})())
+asyncio.run(t.start())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(8, 7, None)"
+    assert out.stderr.count("turnout.telemetry._usage was not built") == 1
