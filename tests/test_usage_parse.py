@@ -92,10 +92,10 @@ logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, meter
 assert not meter.COMPILED and meter.usage_of is meter._usage_of
 print(meter.usage_of(b'{"usage":{"prompt_tokens":8,"completion_tokens":7}}'))
-asyncio.run(Telemetry(sinks=[], review=None).start())  # nothing on: no warning
-t = Telemetry(sinks=[])
-t.sinks.append(type("Quiet", (), {"start": lambda self: asyncio.sleep(0)})())
-asyncio.run(t.start())
+class Quiet:  # a sink that does nothing: telemetry is on
+    async def start(self): pass
+asyncio.run(Telemetry(sinks=[]).start())  # telemetry off: no usage is read, no warning
+asyncio.run(Telemetry(sinks=[Quiet()]).start())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
