@@ -45,17 +45,6 @@ static cursor colon_digits(cursor p, cursor end, cursor *from, cursor *to) {
     return p;
 }
 
-/* Whether `lit` occurs in [p, end) (bytes.find; memmem is not everywhere). */
-static int contains(cursor p, cursor end, const char *lit, size_t n) {
-    while ((size_t)(end - p) >= n) {
-        cursor first = memchr(p, lit[0], (size_t)(end - p) - n + 1);
-        if (first == NULL) return 0;
-        if (memcmp(first, lit, n) == 0) return 1;
-        p = first + 1;
-    }
-    return 0;
-}
-
 /* int(digits), as Python reads them (any length). */
 static PyObject *number(cursor from, cursor to) {
     Py_ssize_t n = to - from;
@@ -73,32 +62,22 @@ static PyObject *number(cursor from, cursor to) {
     return out;
 }
 
-/* The first `"key"\s*:\s*(\d+)` at or after `p` (a regex search): the digits' span, or 0 when none. */
-static int search_key(cursor p, cursor end, const char *key, size_t n, cursor *from, cursor *to) {
+/* The first `"key"\s*:\s*(\d+)` at or after `p` (a regex search), with `key` or, if given, `other` (tried
+ * second at each position, as a regex alternation does): the digits' span, or 0 when none. */
+static int search(cursor p, cursor end, const char *key, size_t n, const char *other, size_t m, cursor *from,
+                  cursor *to) {
     while (p < end) {
         cursor quote = memchr(p, '"', (size_t)(end - p));
         if (quote == NULL) return 0;
         if (colon_digits(literal(quote, end, key, n), end, from, to) != NULL) return 1;
-        p = quote + 1;
-    }
-    return 0;
-}
-
-/* The first cached count at or after `p`: either spelling, whichever comes first (one regex alternation). */
-static int search_cached(cursor p, cursor end, cursor *from, cursor *to) {
-    static const char a[] = "\"cached_tokens\"", b[] = "\"prompt_cache_hit_tokens\"";
-    while (p < end) {
-        cursor quote = memchr(p, '"', (size_t)(end - p));
-        if (quote == NULL) return 0;
-        if (colon_digits(literal(quote, end, a, sizeof a - 1), end, from, to) != NULL) return 1;
-        if (colon_digits(literal(quote, end, b, sizeof b - 1), end, from, to) != NULL) return 1;
+        if (other != NULL && colon_digits(literal(quote, end, other, m), end, from, to) != NULL) return 1;
         p = quote + 1;
     }
     return 0;
 }
 
 static PyObject *triple(PyObject *prompt, PyObject *completion, PyObject *cached) {
-    /* Steals the three references (NULL stands for None); NULL if any number failed to build. */
+    /* The tuple of the three, stealing their references (NULL stands for None); NULL if it cannot be made. */
     PyObject *items[3] = {prompt, completion, cached};
     for (int i = 0; i < 3; i++) {
         if (items[i] == NULL) {
@@ -147,9 +126,11 @@ static PyObject *usage_of(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     if (at == NULL) return triple(NULL, NULL, NULL);
 
+    /* The cached count, in either spelling (OpenAI's and vLLM's, DeepSeek's). */
+    static const char cached_key[] = "\"cached_tokens\"", hit_key[] = "\"prompt_cache_hit_tokens\"";
     cursor from, to;
     PyObject *cached = NULL;
-    if (contains(at, end, "cache", 5) && search_cached(at, end, &from, &to)) {
+    if (search(at, end, cached_key, sizeof cached_key - 1, hit_key, sizeof hit_key - 1, &from, &to)) {
         cached = number(from, to);
         if (cached == NULL) return NULL;
     }
@@ -175,8 +156,8 @@ static PyObject *usage_of(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     PyObject *prompt = NULL, *completion = NULL;
     if (q == NULL) { /* another key order: each count searched for on its own */
-        int has_p = search_key(at, end, prompt_key, sizeof prompt_key - 1, &p_from, &p_to);
-        int has_c = search_key(at, end, completion_key, sizeof completion_key - 1, &c_from, &c_to);
+        int has_p = search(at, end, prompt_key, sizeof prompt_key - 1, NULL, 0, &p_from, &p_to);
+        int has_c = search(at, end, completion_key, sizeof completion_key - 1, NULL, 0, &c_from, &c_to);
         if (has_p && (prompt = number(p_from, p_to)) == NULL) goto fail;
         if (has_c && (completion = number(c_from, c_to)) == NULL) goto fail;
     } else {
