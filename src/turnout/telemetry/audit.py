@@ -319,10 +319,15 @@ def utc_day(ts: float) -> str:
     start, end, name = _LAST_DAY[0]
     if start <= ts < end:
         return name
+    _LAST_DAY[0] = bounds = utc_day_bounds(ts)
+    return bounds[2]
+
+
+def utc_day_bounds(ts: float) -> tuple[float, float, str]:
+    """The UTC day of `ts`: its start and end (unix seconds) and its name; what utc_day (and the C audit
+    row, _record.c) keeps for the next row, which is almost always of the same day."""
     days = int(ts // DAY_S)
-    name = _day_name(days)
-    _LAST_DAY[0] = (days * DAY_S, (days + 1) * DAY_S, name)
-    return name
+    return days * DAY_S, (days + 1) * DAY_S, _day_name(days)
 
 
 @functools.lru_cache(maxsize=16)
@@ -660,16 +665,27 @@ def dumps(value: Any, option: int = 0) -> bytes:
     return orjson.dumps(value, default=str, option=option | orjson.OPT_SERIALIZE_NUMPY)
 
 
-def audit_row(r: RequestRecord) -> list[Any]:
+def _audit_row(r: RequestRecord) -> list[Any]:
     """A record's row: the metadata and nothing else, the values of COLUMNS in order. Serialized later, a
     batch at a time, by the writer (AuditSink.write); attempts are dataclasses whose fields are the
-    stored keys (times already rounded), so orjson writes them as they are."""
+    stored keys (times already rounded), so orjson writes them as they are. The reference for `audit_row`,
+    the same function in C (_record.c), which runs where it was built."""
     return [
         r.started_at, utc_day(r.started_at), r.request_id, r.endpoint, r.status, r.error, r.router, r.route,
         r.model, r.upstream, r.strategy, stored_reason(r), r.confidence, r.threshold, r.margin, r.scores,
         r.provenance, r.trace, r.decision_ms, r.attempts, r.stream, r.latency_ms, r.ttft_ms, r.prompt_tokens,
         r.completion_tokens, r.tokens_estimated, r.cost_usd, r.cache, r.guards, r.cached_tokens,
     ]  # fmt: skip
+
+
+audit_row: Callable[[RequestRecord], list[Any]]
+try:  # ~4,100 instructions per row in Python, a few hundred in C (see _record.c)
+    from turnout.telemetry import _record
+except ImportError:  # not built (no C compiler at install)
+    audit_row = _audit_row
+else:
+    _record.prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)
+    audit_row = _record.audit_row
 
 
 def jsonl_line(row: list[Any]) -> bytes:

@@ -1,0 +1,452 @@
+/* turnout.telemetry._record: a finished request's RequestRecord and its audit row, built in C.
+ *
+ * `Builder(prices, fallback)(*inputs)` is record.build_record(models, *inputs) and `audit_row(record)` is
+ * audit._audit_row(record). The Python functions are the reference and what runs when this module was
+ * not built; tests/test_record_c.py checks both against each other on thousands of generated requests.
+ *
+ * Why C: once per request, the interpreter on these machines spends ~12,700 instructions building the
+ * record (a 29-field dataclass: ~6,600 for its __init__ alone, the rest rounding, cost and reading the
+ * decision) and ~4,100 making its audit row (callgrind, EPYC VM). Records and rows are made in batches
+ * on the event loop; this takes each to a few hundred instructions.
+ *
+ * How: RequestRecord, RequestContext, Decision and Target are slotted dataclasses; `prepare` looks up the
+ * offset of every field's slot once (from its member descriptor), so a field is read or set with a load
+ * or a store. A record is allocated with its type's tp_alloc and its slots filled; RequestRecord has no
+ * __post_init__ (record.py checks), so this is what its __init__ would do. Anything off the common path
+ * (no decision, a failed request, usage to estimate, a value of an unexpected type, a slot never set)
+ * goes to the Python function, which also raises what Python would raise. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+
+/* --- field offsets ----------------------------------------------------------------------------- */
+
+static const char *const RECORD_FIELDS[] = {
+    "request_id", "started_at", "endpoint", "status", "error", "router", "route", "model", "upstream",
+    "strategy", "reason", "confidence", "scores", "threshold", "margin", "provenance", "decision_ms",
+    "trace", "attempts", "stream", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "tokens_estimated", "cost_usd", "cache", "guards",
+};
+enum {
+    R_REQUEST_ID, R_STARTED_AT, R_ENDPOINT, R_STATUS, R_ERROR, R_ROUTER, R_ROUTE, R_MODEL, R_UPSTREAM,
+    R_STRATEGY, R_REASON, R_CONFIDENCE, R_SCORES, R_THRESHOLD, R_MARGIN, R_PROVENANCE, R_DECISION_MS,
+    R_TRACE, R_ATTEMPTS, R_STREAM, R_LATENCY_MS, R_TTFT_MS, R_PROMPT_TOKENS, R_COMPLETION_TOKENS,
+    R_CACHED_TOKENS, R_TOKENS_ESTIMATED, R_COST_USD, R_CACHE, R_GUARDS, R_N
+};
+static const char *const CONTEXT_FIELDS[] = {"stream", "decision", "target", "attempts"};
+enum { C_STREAM, C_DECISION, C_TARGET, C_ATTEMPTS, C_N };
+static const char *const DECISION_FIELDS[] = {
+    "route", "strategy", "router", "confidence", "reason", "scores", "threshold", "margin", "provenance",
+    "trace", "elapsed_ms",
+};
+enum {
+    D_ROUTE, D_STRATEGY, D_ROUTER, D_CONFIDENCE, D_REASON, D_SCORES, D_THRESHOLD, D_MARGIN, D_PROVENANCE,
+    D_TRACE, D_ELAPSED_MS, D_N
+};
+static const char *const TARGET_FIELDS[] = {"key", "upstream"};
+enum { T_KEY, T_UPSTREAM, T_N };
+
+static PyTypeObject *record_type, *context_type, *decision_type, *target_type;
+static Py_ssize_t record_off[R_N], context_off[C_N], decision_off[D_N], target_off[T_N];
+static PyObject *cache_default; /* RequestRecord.cache's default; guards' is a new empty list */
+static PyObject *chat; /* "chat" */
+
+/* The slot of `obj` at `offset` (borrowed; NULL if it was never set). */
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* The offsets of `names`' slots in `type`, each a member descriptor holding an object. */
+static int offsets(PyTypeObject *type, const char *const *names, Py_ssize_t n, Py_ssize_t *out) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *descr = PyDict_GetItemString(type->tp_dict, names[i]); /* borrowed */
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, names[i]);
+            return -1;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX || (member->flags & READONLY)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a writable object slot", type->tp_name, names[i]);
+            return -1;
+        }
+        out[i] = member->offset;
+    }
+    return 0;
+}
+
+static int take_type(PyObject *obj, PyTypeObject **slot) {
+    if (!PyType_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "prepare() takes classes");
+        return -1;
+    }
+    Py_INCREF(obj);
+    Py_XSETREF(*slot, (PyTypeObject *)obj);
+    return 0;
+}
+
+/* prepare(RequestRecord, RequestContext, Decision, Target, cache_default): done once, by record.py. */
+static PyObject *prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "prepare() takes 5 arguments");
+        return NULL;
+    }
+    if (take_type(args[0], &record_type) < 0 || take_type(args[1], &context_type) < 0 ||
+        take_type(args[2], &decision_type) < 0 || take_type(args[3], &target_type) < 0)
+        return NULL;
+    if (offsets(record_type, RECORD_FIELDS, R_N, record_off) < 0 ||
+        offsets(context_type, CONTEXT_FIELDS, C_N, context_off) < 0 ||
+        offsets(decision_type, DECISION_FIELDS, D_N, decision_off) < 0 ||
+        offsets(target_type, TARGET_FIELDS, T_N, target_off) < 0) {
+        Py_CLEAR(record_type); /* not prepared: every call goes to the Python functions */
+        return NULL;
+    }
+    Py_INCREF(args[4]);
+    Py_XSETREF(cache_default, args[4]);
+    Py_RETURN_NONE;
+}
+
+/* --- numbers, as numbers.py and ModelConfig.cost_usd compute them -------------------------------- */
+
+/* numbers.round3 / round4: floor(x * scale + 0.5) / scale (Python's floor returns an int, which the
+ * division turns back into the same double). -1 for a value Python's floor would refuse. */
+static int rounded(PyObject *value, double scale, PyObject **out) {
+    if (!PyFloat_CheckExact(value)) return -1;
+    double x = PyFloat_AS_DOUBLE(value) * scale + 0.5;
+    if (!isfinite(x)) return -1;
+    *out = PyFloat_FromDouble(floor(x) / scale);
+    return *out == NULL ? -2 : 0;
+}
+
+/* A token count as a C integer: 0 and *ok=0 when it is not an exact int within range. */
+static long long count_of(PyObject *v, int *ok) {
+    if (!PyLong_CheckExact(v)) {
+        *ok = 0;
+        return 0;
+    }
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (n == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        *ok = 0;
+        return 0;
+    }
+    return n;
+}
+
+/* --- Builder ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *prices;   /* {model key: (input, output, cached input) USD per 1M tokens}, priced models only */
+    PyObject *fallback; /* functools.partial(build_record, models) */
+    vectorcallfunc vectorcall;
+} Builder;
+
+static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *builder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *prices, *fallback;
+    static char *kwlist[] = {"prices", "fallback", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Builder", kwlist, &PyDict_Type, &prices, &fallback))
+        return NULL;
+    Builder *self = (Builder *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    Py_INCREF(prices);
+    self->prices = prices;
+    Py_INCREF(fallback);
+    self->fallback = fallback;
+    self->vectorcall = builder_call;
+    return (PyObject *)self;
+}
+
+static int builder_traverse(Builder *self, visitproc visit, void *arg) {
+    Py_VISIT(self->prices);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int builder_clear(Builder *self) {
+    Py_CLEAR(self->prices);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void builder_dealloc(Builder *self) {
+    PyObject_GC_UnTrack(self);
+    builder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The cost of one answer: NULL with no error when it cannot be worked out here. */
+static PyObject *cost_of(Builder *self, PyObject *model, PyObject *prompt, PyObject *completion, PyObject *cached,
+                         int *ok) {
+    PyObject *price = PyDict_GetItemWithError(self->prices, model); /* borrowed */
+    if (price == NULL) {
+        if (PyErr_Occurred()) PyErr_Clear(); /* an unhashable key: Python raises there too */
+        Py_RETURN_NONE;
+    }
+    if (!PyTuple_CheckExact(price) || PyTuple_GET_SIZE(price) != 3) {
+        *ok = 0;
+        return NULL;
+    }
+    long long p = count_of(prompt, ok), c = count_of(completion, ok), k = 0;
+    if (cached != Py_None) k = count_of(cached, ok);
+    double in = PyFloat_AsDouble(PyTuple_GET_ITEM(price, 0));
+    double out = PyFloat_AsDouble(PyTuple_GET_ITEM(price, 1));
+    double cp = PyFloat_AsDouble(PyTuple_GET_ITEM(price, 2));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        *ok = 0;
+    }
+    if (!*ok) return NULL;
+    /* ModelConfig.cost_usd, term by term in the same order (no fused multiply-add: setup.py) */
+    if (k <= 0) return PyFloat_FromDouble(((double)p * in + (double)c * out) / 1e6);
+    if (k > p) k = p;
+    return PyFloat_FromDouble(((double)(p - k) * in + (double)k * cp + (double)c * out) / 1e6);
+}
+
+static PyObject *fallback(Builder *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+/* build_record's arguments after `models`: request_id, started_at, endpoint, status, latency_ms, ctx,
+ * error, usage, ttft_ms, deltas. */
+static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Builder *self = (Builder *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (record_type == NULL || kwnames != NULL || nargs != 10) return fallback(self, args, nargsf, kwnames);
+    PyObject *endpoint = args[2], *status = args[3], *ctx = args[5], *usage = args[7], *ttft = args[8];
+    if (!Py_IS_TYPE(ctx, context_type)) return fallback(self, args, nargsf, kwnames);
+    PyObject *d = SLOT(ctx, context_off[C_DECISION]), *target = SLOT(ctx, context_off[C_TARGET]);
+    PyObject *attempts = SLOT(ctx, context_off[C_ATTEMPTS]), *stream = SLOT(ctx, context_off[C_STREAM]);
+    if (d == NULL || target == NULL || attempts == NULL || stream == NULL || !Py_IS_TYPE(d, decision_type) ||
+        !Py_IS_TYPE(target, target_type))
+        return fallback(self, args, nargsf, kwnames);
+    PyObject *dv[D_N];
+    for (int i = 0; i < D_N; i++) {
+        dv[i] = SLOT(d, decision_off[i]);
+        if (dv[i] == NULL) return fallback(self, args, nargsf, kwnames);
+    }
+    PyObject *model = SLOT(target, target_off[T_KEY]), *upstream = SLOT(target, target_off[T_UPSTREAM]);
+    if (model == NULL || upstream == NULL) return fallback(self, args, nargsf, kwnames);
+
+    if (!PyUnicode_CheckExact(endpoint) || !PyLong_CheckExact(status)) return fallback(self, args, nargsf, kwnames);
+    int overflow = 0, answered = 0; /* endpoint == "chat" and status == 200 */
+    if (PyLong_AsLongAndOverflow(status, &overflow) == 200 && !overflow) {
+        int differ = endpoint == chat ? 0 : PyUnicode_Compare(endpoint, chat);
+        if (differ == -1 && PyErr_Occurred()) return NULL;
+        answered = differ == 0;
+    }
+    PyObject *prompt = Py_None, *completion = Py_None, *cached = Py_None, *cost = NULL;
+    if (answered) {
+        if (!PyTuple_CheckExact(usage) || PyTuple_GET_SIZE(usage) != 3) return fallback(self, args, nargsf, kwnames);
+        prompt = PyTuple_GET_ITEM(usage, 0);
+        completion = PyTuple_GET_ITEM(usage, 1);
+        cached = PyTuple_GET_ITEM(usage, 2);
+        if (prompt == Py_None || completion == Py_None) /* estimated: the Python function counts */
+            return fallback(self, args, nargsf, kwnames);
+        int ok = 1;
+        cost = cost_of(self, model, prompt, completion, cached, &ok);
+        if (cost == NULL) return ok ? NULL : fallback(self, args, nargsf, kwnames);
+    }
+    PyObject *latency = NULL, *ttft_r = NULL, *decision_ms = NULL;
+    int bad = rounded(args[4], 1000.0, &latency);
+    if (!bad) bad = rounded(dv[D_ELAPSED_MS], 10000.0, &decision_ms);
+    if (!bad) {
+        if (ttft == Py_None) {
+            ttft_r = Py_NewRef(Py_None);
+        } else {
+            bad = rounded(ttft, 1000.0, &ttft_r);
+        }
+    }
+    PyObject *guards = bad ? NULL : PyList_New(0);
+    PyObject *record = guards == NULL ? NULL : record_type->tp_alloc(record_type, 0);
+    if (record == NULL) {
+        Py_XDECREF(cost);
+        Py_XDECREF(latency);
+        Py_XDECREF(decision_ms);
+        Py_XDECREF(ttft_r);
+        Py_XDECREF(guards);
+        if (bad == -1) return fallback(self, args, nargsf, kwnames);
+        return NULL;
+    }
+    PyObject *values[R_N] = {
+        [R_REQUEST_ID] = Py_NewRef(args[0]),
+        [R_STARTED_AT] = Py_NewRef(args[1]),
+        [R_ENDPOINT] = Py_NewRef(endpoint),
+        [R_STATUS] = Py_NewRef(status),
+        [R_ERROR] = Py_NewRef(args[6]),
+        [R_ROUTER] = Py_NewRef(dv[D_ROUTER]),
+        [R_ROUTE] = Py_NewRef(dv[D_ROUTE]),
+        [R_MODEL] = Py_NewRef(model),
+        [R_UPSTREAM] = Py_NewRef(upstream),
+        [R_STRATEGY] = Py_NewRef(dv[D_STRATEGY]),
+        [R_REASON] = Py_NewRef(dv[D_REASON]),
+        [R_CONFIDENCE] = Py_NewRef(dv[D_CONFIDENCE]),
+        [R_SCORES] = Py_NewRef(dv[D_SCORES]),
+        [R_THRESHOLD] = Py_NewRef(dv[D_THRESHOLD]),
+        [R_MARGIN] = Py_NewRef(dv[D_MARGIN]),
+        [R_PROVENANCE] = Py_NewRef(dv[D_PROVENANCE]),
+        [R_DECISION_MS] = decision_ms,
+        [R_TRACE] = Py_NewRef(dv[D_TRACE]),
+        [R_ATTEMPTS] = Py_NewRef(attempts),
+        [R_STREAM] = Py_NewRef(stream),
+        [R_LATENCY_MS] = latency,
+        [R_TTFT_MS] = ttft_r,
+        [R_PROMPT_TOKENS] = Py_NewRef(prompt),
+        [R_COMPLETION_TOKENS] = Py_NewRef(completion),
+        [R_CACHED_TOKENS] = Py_NewRef(cached),
+        [R_TOKENS_ESTIMATED] = Py_NewRef(Py_False),
+        [R_COST_USD] = cost == NULL ? Py_NewRef(Py_None) : cost,
+        [R_CACHE] = Py_NewRef(cache_default),
+        [R_GUARDS] = guards,
+    };
+    for (int i = 0; i < R_N; i++) SLOT(record, record_off[i]) = values[i]; /* slots of a new object: empty */
+    return record;
+}
+
+static PyTypeObject BuilderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turnout.telemetry._record.Builder",
+    .tp_doc = PyDoc_STR("Builder(prices, fallback)(*inputs) -> RequestRecord: record.build_record in C."),
+    .tp_basicsize = sizeof(Builder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = builder_new,
+    .tp_dealloc = (destructor)builder_dealloc,
+    .tp_traverse = (traverseproc)builder_traverse,
+    .tp_clear = (inquiry)builder_clear,
+    .tp_vectorcall_offset = offsetof(Builder, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+/* --- audit rows -------------------------------------------------------------------------------- */
+
+static PyObject *row_fallback;  /* audit._audit_row */
+static PyObject *day_of;        /* audit.utc_day_bounds: ts -> (start, end, "YYYY-MM-DD") */
+static PyObject *reason_of;     /* audit.stored_reason */
+static PyObject *own_reasons;   /* audit.OWN_REASONS */
+static Py_ssize_t reason_chars; /* audit.REASON_CHARS */
+static double day_start = 0.0, day_end = 0.0;
+static PyObject *day_name;
+
+/* prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS): once, by audit.py. */
+static PyObject *prepare_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyFrozenSet_CheckExact(args[3]) || !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "prepare_rows() takes 3 functions, a frozenset and an int");
+        return NULL;
+    }
+    Py_ssize_t chars = PyLong_AsSsize_t(args[4]);
+    if (chars == -1 && PyErr_Occurred()) return NULL;
+    Py_XSETREF(row_fallback, Py_NewRef(args[0]));
+    Py_XSETREF(day_of, Py_NewRef(args[1]));
+    Py_XSETREF(reason_of, Py_NewRef(args[2]));
+    Py_XSETREF(own_reasons, Py_NewRef(args[3]));
+    reason_chars = chars;
+    day_start = day_end = 0.0;
+    Py_CLEAR(day_name);
+    Py_RETURN_NONE;
+}
+
+/* The UTC day of `ts` (a float), from the last day asked for or from utc_day_bounds. */
+static PyObject *day(PyObject *ts) {
+    double t = PyFloat_AS_DOUBLE(ts);
+    if (day_name == NULL || !(day_start <= t && t < day_end)) {
+        PyObject *bounds = PyObject_CallOneArg(day_of, ts);
+        if (bounds == NULL) return NULL;
+        if (!PyTuple_CheckExact(bounds) || PyTuple_GET_SIZE(bounds) != 3) {
+            Py_DECREF(bounds);
+            PyErr_SetString(PyExc_TypeError, "utc_day_bounds() must return (start, end, name)");
+            return NULL;
+        }
+        double start = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, 0));
+        double end = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, 1));
+        if (PyErr_Occurred()) {
+            Py_DECREF(bounds);
+            return NULL;
+        }
+        Py_XSETREF(day_name, Py_NewRef(PyTuple_GET_ITEM(bounds, 2)));
+        day_start = start;
+        day_end = end;
+        Py_DECREF(bounds);
+    }
+    return Py_NewRef(day_name);
+}
+
+/* stored_reason(record) where it is the reason itself, else the Python function. */
+static PyObject *reason(PyObject *record, PyObject *strategy, PyObject *text) {
+    if (strategy == Py_None || text == Py_None) return Py_NewRef(text);
+    if (PyUnicode_CheckExact(strategy) && PyUnicode_CheckExact(text) && PyUnicode_GET_LENGTH(text) <= reason_chars) {
+        int own = PySet_Contains(own_reasons, strategy);
+        if (own < 0) return NULL;
+        if (own) return Py_NewRef(text); /* text[:REASON_CHARS] is the string itself */
+    }
+    return PyObject_CallOneArg(reason_of, record);
+}
+
+/* Where each audit column comes from: a record field, or (-1, -2) the day and the stored reason. */
+static const int COLUMNS[] = {
+    R_STARTED_AT, -1, R_REQUEST_ID, R_ENDPOINT, R_STATUS, R_ERROR, R_ROUTER, R_ROUTE, R_MODEL, R_UPSTREAM,
+    R_STRATEGY, -2, R_CONFIDENCE, R_THRESHOLD, R_MARGIN, R_SCORES, R_PROVENANCE, R_TRACE, R_DECISION_MS,
+    R_ATTEMPTS, R_STREAM, R_LATENCY_MS, R_TTFT_MS, R_PROMPT_TOKENS, R_COMPLETION_TOKENS, R_TOKENS_ESTIMATED,
+    R_COST_USD, R_CACHE, R_GUARDS, R_CACHED_TOKENS,
+};
+#define N_COLUMNS ((Py_ssize_t)(sizeof COLUMNS / sizeof COLUMNS[0]))
+
+static PyObject *audit_row(PyObject *self, PyObject *record) {
+    if (row_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "prepare_rows() was not called");
+        return NULL;
+    }
+    if (record_type == NULL || !Py_IS_TYPE(record, record_type)) return PyObject_CallOneArg(row_fallback, record);
+    for (int i = 0; i < R_N; i++)
+        if (SLOT(record, record_off[i]) == NULL) return PyObject_CallOneArg(row_fallback, record);
+    PyObject *ts = SLOT(record, record_off[R_STARTED_AT]);
+    if (!PyFloat_CheckExact(ts)) return PyObject_CallOneArg(row_fallback, record);
+    PyObject *row = PyList_New(N_COLUMNS);
+    if (row == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < N_COLUMNS; i++) {
+        PyObject *v;
+        if (COLUMNS[i] >= 0) {
+            v = Py_NewRef(SLOT(record, record_off[COLUMNS[i]]));
+        } else if (COLUMNS[i] == -1) {
+            v = day(ts);
+        } else {
+            v = reason(record, SLOT(record, record_off[R_STRATEGY]), SLOT(record, record_off[R_REASON]));
+        }
+        if (v == NULL) {
+            Py_DECREF(row);
+            return NULL;
+        }
+        PyList_SET_ITEM(row, i, v);
+    }
+    return row;
+}
+
+/* --- the module -------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL,
+     "prepare(RequestRecord, RequestContext, Decision, Target, cache_default): look up the slots."},
+    {"prepare_rows", (PyCFunction)(void (*)(void))prepare_rows, METH_FASTCALL,
+     "prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)."},
+    {"audit_row", (PyCFunction)audit_row, METH_O, "audit_row(record) -> list: audit._audit_row in C."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef record_module = {
+    PyModuleDef_HEAD_INIT, "turnout.telemetry._record", NULL, -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__record(void) {
+    if (PyType_Ready(&BuilderType) < 0) return NULL;
+    if (chat == NULL && (chat = PyUnicode_InternFromString("chat")) == NULL) return NULL;
+    PyObject *m = PyModule_Create(&record_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&BuilderType);
+    if (PyModule_AddObject(m, "Builder", (PyObject *)&BuilderType) < 0) {
+        Py_DECREF(&BuilderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

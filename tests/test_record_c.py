@@ -1,0 +1,193 @@
+"""The C record and audit row builder (telemetry/_record.c) against the Python functions it replaces
+(record.build_record, audit._audit_row).
+
+The Python functions are the reference: for any inputs the C builder must return the same record, value
+for value and type for type (compared by repr, where 1, 1.0 and True differ), or raise what Python
+raises. Inputs are generated to cover the common path the C code takes and every way off it: no context,
+no decision, no target, estimated usage, counts past 64 bits, prices with and without a cached price,
+times that are ints, NaN or infinite, reasons of every length and strategy, rows of several days.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from turnout.config import ModelConfig
+from turnout.telemetry import audit, record
+from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
+
+needs_c = pytest.mark.skipif(not record.COMPILED, reason="turnout.telemetry._record was not built")
+
+MODELS = {
+    "priced": ModelConfig(upstream="up", name="m1", input_price=3.0, output_price=15.0),
+    "cached": ModelConfig(upstream="up", name="m2", input_price=0.15, output_price=0.6, cached_input_price=0.075),
+    "only-cached": ModelConfig(upstream="up", name="m3", cached_input_price=0.5),
+    "free": ModelConfig(upstream="up2", name="m4"),
+}
+DAY = 86400.0
+
+
+def pick(rng: random.Random, *options: Any) -> Any:
+    return options[rng.randrange(len(options))]
+
+
+def odd(rng: random.Random) -> bool:
+    """Whether to make a value off the common path (one time in ten)."""
+    return rng.random() < 0.1
+
+
+def a_float(rng: random.Random) -> Any:
+    if odd(rng):
+        return pick(rng, 7, float("nan"), float("inf"), 1e300, -0.0)
+    return pick(rng, rng.random() * 10 ** rng.randint(-3, 6), 0.0, 2.0005, 0.0005, 1.2345)
+
+
+def decision(rng: random.Random) -> Decision:
+    strategy = pick(rng, "explicit", "semantic", "fallback", "llm", "classifier", "custom", "passthrough")
+    reason = pick(rng, "", "model names a route", "x" * rng.randint(150, 260), None)
+    return Decision(
+        pick(rng, "lite", "deep"), strategy, router=pick(rng, None, "smart"),
+        confidence=pick(rng, None, rng.random(), 1), reason=reason,
+        scores=pick(rng, {}, {"lite": 0.8123, "deep": 0.1}), threshold=pick(rng, None, 0.5),
+        margin=pick(rng, None, 0.05), provenance=pick(rng, [], ["explicit"], ["llm:cached"]),
+        trace=pick(rng, [], [{"strategy": "semantic", "verdict": "below_threshold"}]),
+        elapsed_ms=a_float(rng),
+    )  # fmt: skip
+
+
+def context(rng: random.Random) -> RequestContext | None:
+    if rng.random() < 0.05:
+        return None
+    ctx = RequestContext("r" * 32, {"messages": [{"role": "user", "content": "hello " * rng.randint(0, 50)}]},
+                         "auto", rng.random() < 0.5)  # fmt: skip
+    if rng.random() < 0.9:
+        ctx.decision = decision(rng)
+    key = pick(rng, "priced", "cached", "only-cached", "free", "unknown")
+    if rng.random() < 0.85:
+        ctx.target = Target(key, "up", "m")
+    ctx.attempts = pick(rng, [], [Attempt(key, None, 200, 1.5, 0.1)], [Attempt(key, "timeout", None, 9.0, 0.0)])
+    return ctx
+
+
+def count(rng: random.Random) -> Any:
+    if odd(rng):
+        return pick(rng, None, 2**70, True, -3, 1.0)
+    return pick(rng, 0, rng.randint(1, 5000), rng.randint(1, 10**15))
+
+
+def inputs(rng: random.Random) -> tuple[Any, ...]:
+    usage = pick(rng, (count(rng), count(rng), count(rng)), (rng.randint(0, 9), rng.randint(0, 9), None), (1, 2))
+    return (
+        "r" * 32, pick(rng, 1796600000.0 + rng.random() * 3 * DAY, 1796600000), pick(rng, "chat", "chat", "route"),
+        200.0 if odd(rng) else pick(rng, 200, 200, 200, 502, 400), a_float(rng), context(rng),
+        pick(rng, None, "timeout"), usage, pick(rng, None, None, a_float(rng)), rng.randint(0, 40),
+    )  # fmt: skip
+
+
+def outcome(fn: Any, *args: Any) -> str:
+    try:
+        return repr(fn(*args))
+    except Exception as exc:
+        return f"raises {type(exc).__name__}"
+
+
+def test_the_compiled_builder_is_built_where_required() -> None:
+    """scripts/check (and so CI) sets TURNOUT_REQUIRE_TOOLS=1: there the C builder must have been built."""
+    if not record.COMPILED:
+        if os.environ.get("TURNOUT_REQUIRE_TOOLS") == "1":
+            pytest.fail("turnout.telemetry._record was not built (is a C compiler installed?)")
+        pytest.skip("turnout.telemetry._record was not built: turnout builds records in Python")
+    assert type(record.record_builder(MODELS)).__name__ == "Builder"
+    assert audit.audit_row is not audit._audit_row
+
+
+@needs_c
+def test_the_compiled_builder_agrees_with_the_python_one() -> None:
+    """Both paths are taken: the C code's own and its hand-over to the Python function (counted)."""
+    rng = random.Random(20261207)
+    py_build = functools.partial(record.build_record, MODELS)
+    handed_over = 0
+
+    def fallback(*args: Any) -> RequestRecord:
+        nonlocal handed_over
+        handed_over += 1
+        return py_build(*args)
+
+    assert record._record is not None
+    c_build = record._record.Builder(record.prices(MODELS), fallback)
+    for _ in range(20_000):
+        args = inputs(rng)
+        expected = outcome(py_build, *args)
+        assert outcome(c_build, *args) == expected, args
+    assert 2_000 < handed_over < 14_000, handed_over
+
+
+@needs_c
+def test_the_compiled_audit_row_agrees_with_the_python_one() -> None:
+    """Rows of records from both builders and of records made by hand (other types, odd values), several
+    days interleaved so the C day cache is asked to change days often."""
+    rng = random.Random(7)
+    c_build = record.record_builder(MODELS)
+    for i in range(20_000):
+        args = inputs(rng)
+        try:
+            r = c_build(*args)
+        except Exception:
+            continue
+        if i % 3 == 0:
+            r.started_at = pick(rng, r.started_at - DAY, r.started_at + 2 * DAY, 0.0, -1.5, 1796600000)
+        if i % 7 == 0:
+            r.strategy, r.reason = pick(rng, (None, "x"), ("llm", "y"), ("semantic", None), ("rules", 5))
+        assert outcome(audit.audit_row, r) == outcome(audit._audit_row, r), r
+    hand_made = RequestRecord("id", 1796600000.5, "chat", 200)
+    assert audit.audit_row(hand_made) == audit._audit_row(hand_made)
+    assert outcome(audit.audit_row, object()) == outcome(audit._audit_row, object())
+
+
+@needs_c
+def test_a_record_from_the_compiled_builder_is_a_whole_request_record() -> None:
+    """Every field set, defaults included (cache "off", a new guards list per record), tracked by the
+    garbage collector like any record, and usable as one: equal to the Python record, replaceable, hashable
+    as the dataclass is not (eq without frozen)."""
+    import dataclasses
+    import gc
+
+    ctx = RequestContext("r", {}, "lite", True, decision=Decision("lite", "explicit"))
+    ctx.target = Target("cached", "up", "m")
+    args = ("r", 1796600000.25, "chat", 200, 12.34567, ctx, None, (1000, 20, 400), 3.2105, 5)
+    a, b = record.record_builder(MODELS)(*args), record.build_record(MODELS, *args)
+    assert a == b and repr(a) == repr(b)
+    assert a.cost_usd == pytest.approx((600 * 0.15 + 400 * 0.075 + 20 * 0.6) / 1e6)
+    assert (a.cache, a.guards, a.latency_ms, a.ttft_ms) == ("off", [], 12.346, 3.211)
+    assert a.guards is not record.record_builder(MODELS)(*args).guards
+    assert gc.is_tracked(a)
+    assert dataclasses.replace(a, status=502).status == 502
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+def test_without_the_compiled_builder_turnout_builds_records_in_python_and_says_so(tmp_path: Path) -> None:
+    """Where the extension could not be built, record and audit fall back to the Python functions, and a
+    gateway with telemetry on warns at start-up (a fresh interpreter that cannot import the extension)."""
+    script = """
+import asyncio, functools, logging, sys
+sys.modules["turnout.telemetry._record"] = None  # as if it had not been built
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from turnout.telemetry import Telemetry, audit, record
+assert not record.COMPILED and audit.audit_row is audit._audit_row
+assert isinstance(record.record_builder({}), functools.partial)
+class Quiet:
+    async def start(self): pass
+asyncio.run(Telemetry(sinks=[Quiet()]).start())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("not built at install (no C compiler?): turnout.telemetry._record;") == 1
