@@ -191,3 +191,52 @@ asyncio.run(Telemetry(sinks=[Quiet()]).start())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("not built at install (no C compiler?): turnout.telemetry._record;") == 1
+
+
+def records(rng: random.Random, n: int) -> list[RequestRecord]:
+    """Records as the builder makes them, some with a field changed to a value off the C code's path."""
+    build = record.record_builder(MODELS)
+    out: list[RequestRecord] = []
+    while len(out) < n:
+        try:
+            r = build(*inputs(rng))
+        except Exception:
+            continue
+        if odd(rng):
+            field = pick(rng, "latency_ms", "ttft_ms", "cost_usd", "prompt_tokens", "completion_tokens", "decision_ms")
+            setattr(r, field, pick(rng, 3, True, 2**70, None, -0.0, float("nan"), 5.5))
+        if rng.random() < 0.2:
+            r.attempts = [Attempt(pick(rng, "priced", "x"), pick(rng, None, "timeout"), 200, pick(rng, 1.5, 2), 0.0)
+                          for _ in range(rng.randint(1, 3))]  # fmt: skip
+        out.append(r)
+    return out
+
+
+@needs_c
+def test_the_compiled_metrics_helpers_agree_with_the_python_ones() -> None:
+    """signature, columns and observe (metrics.py) against their Python references, on generated groups
+    of records, histograms and values."""
+    from turnout.telemetry import metrics
+
+    rng = random.Random(11)
+    labels = {None: "none", "priced": "priced", "cached": "cached"}
+    in_c = 0
+    for _ in range(3_000):
+        group = records(rng, rng.randint(1, 12))
+        for r in group:
+            assert outcome(metrics.signature, r, labels) == outcome(metrics._signature, r, labels), r
+        got = metrics.columns(group)  # None: left to the Python function
+        if got is not None:
+            in_c += 1
+            assert repr(got) == outcome(metrics._columns, group), group
+    assert in_c > 1_500, in_c
+    bounds = metrics.LATENCY_BUCKETS
+    for _ in range(3_000):
+        values = [pick(rng, rng.random() * 10 ** rng.randint(-4, 3), *bounds, float("nan"), -1.0, 1e308)
+                  for _ in range(rng.randint(0, 20))]  # fmt: skip
+        start = [float(rng.randint(0, 5)) for _ in range(len(bounds) + 1)] + [rng.random()]
+        a, b = list(start), list(start)
+        assert metrics.observe(a, bounds, values) and metrics._observe(b, bounds, values)
+        assert repr(a) == repr(b), values
+    assert not metrics.observe([0.0] * 3, (1.0, 2), [1.0])  # an int bound: left to Python
+    assert not metrics.observe([0.0] * 4, (1.0, 2.0), [1])  # an int value

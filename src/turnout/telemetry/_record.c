@@ -19,6 +19,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <math.h>
 
 /* --- field offsets ----------------------------------------------------------------------------- */
@@ -422,6 +423,277 @@ static PyObject *audit_row(PyObject *self, PyObject *record) {
     return row;
 }
 
+/* --- metrics ------------------------------------------------------------------------------------ */
+
+static PyObject *signature_fallback; /* metrics._signature */
+static PyObject *verdict_of;         /* metrics._VERDICT: a trace entry's (strategy, verdict) */
+static PyObject *other_label;        /* metrics.OTHER */
+static PyObject *columns_type;       /* metrics.Columns */
+static PyObject *str_error, *str_target, *str_elapsed_ms; /* an Attempt's attributes */
+
+/* prepare_metrics(_signature, _VERDICT, OTHER, Columns): once, by metrics.py. */
+static PyObject *prepare_metrics(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "prepare_metrics() takes 4 arguments");
+        return NULL;
+    }
+    Py_XSETREF(signature_fallback, Py_NewRef(args[0]));
+    Py_XSETREF(verdict_of, Py_NewRef(args[1]));
+    Py_XSETREF(other_label, Py_NewRef(args[2]));
+    Py_XSETREF(columns_type, Py_NewRef(args[3]));
+    if (str_error == NULL && ((str_error = PyUnicode_InternFromString("error")) == NULL ||
+                              (str_target = PyUnicode_InternFromString("target")) == NULL ||
+                              (str_elapsed_ms = PyUnicode_InternFromString("elapsed_ms")) == NULL))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* signature(record, models) -> metrics._signature(record, models): the key records are grouped by. */
+static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || signature_fallback == NULL) {
+        PyErr_SetString(PyExc_TypeError, "signature() takes 2 arguments, after prepare_metrics()");
+        return NULL;
+    }
+    PyObject *r = args[0], *models = args[1];
+    if (record_type == NULL || !Py_IS_TYPE(r, record_type) || !PyDict_CheckExact(models))
+        return PyObject_Vectorcall(signature_fallback, args, 2, NULL);
+    static const int FIELDS[] = {R_ENDPOINT, R_ROUTER, R_ROUTE, R_MODEL, R_STATUS, R_ERROR, R_STRATEGY,
+                                 R_TRACE, R_CACHE, R_TOKENS_ESTIMATED, R_STREAM};
+    PyObject *v[11];
+    for (int i = 0; i < 11; i++) {
+        v[i] = SLOT(r, record_off[FIELDS[i]]);
+        if (v[i] == NULL) return PyObject_Vectorcall(signature_fallback, args, 2, NULL);
+    }
+    PyObject *trace = v[7];
+    if (!PyList_CheckExact(trace)) return PyObject_Vectorcall(signature_fallback, args, 2, NULL);
+    PyObject *label = PyDict_GetItemWithError(models, v[3]); /* borrowed */
+    if (label == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        label = other_label;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(trace);
+    PyObject *verdicts = PyTuple_New(n);
+    if (verdicts == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(trace); i++) {
+        PyObject *said = PyObject_CallOneArg(verdict_of, PyList_GET_ITEM(trace, i));
+        if (said == NULL) {
+            Py_DECREF(verdicts);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(verdicts, i, said);
+    }
+    if (PyList_GET_SIZE(trace) != n) { /* the list changed under the calls: let Python say what it makes of it */
+        Py_DECREF(verdicts);
+        return PyObject_Vectorcall(signature_fallback, args, 2, NULL);
+    }
+    PyObject *key = PyTuple_New(11);
+    if (key == NULL) {
+        Py_DECREF(verdicts);
+        return NULL;
+    }
+    for (int i = 0; i < 11; i++) {
+        PyObject *item = i == 3 ? label : v[i];
+        PyTuple_SET_ITEM(key, i, i == 7 ? verdicts : Py_NewRef(item));
+    }
+    return key;
+}
+
+/* A count field as a C integer added to *sum: None adds 0; 0 when it is not an exact int or the sum
+ * would overflow (the Python function adds it up). */
+static int add_count(PyObject *v, long long *sum) {
+    if (v == Py_None) return 1;
+    int ok = 1;
+    long long n = count_of(v, &ok);
+    if (!ok || (n > 0 && *sum > LLONG_MAX - n) || (n < 0 && *sum < LLONG_MIN - n)) return 0;
+    *sum += n;
+    return 1;
+}
+
+/* Append `x / 1000` (x a float) to `list`; -1 on error. */
+static int append_seconds(PyObject *list, double ms) {
+    PyObject *v = PyFloat_FromDouble(ms / 1000);
+    if (v == NULL) return -1;
+    int rc = PyList_Append(list, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* columns(group) -> metrics._columns(group), or None where a value is not of the type the C code adds
+ * up as Python does (the caller then runs the Python function). */
+static PyObject *columns(PyObject *self, PyObject *group) {
+    if (columns_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "prepare_metrics() was not called");
+        return NULL;
+    }
+    if (record_type == NULL || !PyList_CheckExact(group)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(group);
+    for (Py_ssize_t i = 0; i < n; i++) { /* every check first: the lists below are built without a way out */
+        PyObject *r = PyList_GET_ITEM(group, i);
+        if (!Py_IS_TYPE(r, record_type)) Py_RETURN_NONE;
+        PyObject *dms = SLOT(r, record_off[R_DECISION_MS]), *lat = SLOT(r, record_off[R_LATENCY_MS]);
+        PyObject *ttft = SLOT(r, record_off[R_TTFT_MS]), *cost = SLOT(r, record_off[R_COST_USD]);
+        PyObject *att = SLOT(r, record_off[R_ATTEMPTS]), *comp = SLOT(r, record_off[R_COMPLETION_TOKENS]);
+        if (dms == NULL || lat == NULL || ttft == NULL || cost == NULL || att == NULL || comp == NULL ||
+            SLOT(r, record_off[R_PROMPT_TOKENS]) == NULL || SLOT(r, record_off[R_CACHED_TOKENS]) == NULL)
+            Py_RETURN_NONE;
+        if ((dms != Py_None && !PyFloat_CheckExact(dms)) || !PyFloat_CheckExact(lat) ||
+            (ttft != Py_None && !PyFloat_CheckExact(ttft)) || (cost != Py_None && !PyFloat_CheckExact(cost)) ||
+            !PyList_CheckExact(att))
+            Py_RETURN_NONE;
+        if (ttft != Py_None && comp != Py_None && !PyLong_CheckExact(comp)) Py_RETURN_NONE;
+    }
+    PyObject *decision = PyList_New(0), *latency = PyList_New(0), *ttft_l = PyList_New(0), *tpot = PyList_New(0);
+    PyObject *answered = PyDict_New(), *several = PyList_New(0), *out = NULL;
+    long long prompt = 0, completion = 0, cached = 0;
+    double cost = 0.0;
+    if (decision == NULL || latency == NULL || ttft_l == NULL || tpot == NULL || answered == NULL || several == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(group); i++) {
+        PyObject *r = PyList_GET_ITEM(group, i);
+        PyObject *dms = SLOT(r, record_off[R_DECISION_MS]), *ttft = SLOT(r, record_off[R_TTFT_MS]);
+        PyObject *c = SLOT(r, record_off[R_COST_USD]), *comp = SLOT(r, record_off[R_COMPLETION_TOKENS]);
+        double lat = PyFloat_AS_DOUBLE(SLOT(r, record_off[R_LATENCY_MS]));
+        if (dms != Py_None && append_seconds(decision, PyFloat_AS_DOUBLE(dms)) < 0) goto done;
+        if (append_seconds(latency, lat) < 0) goto done;
+        if (!add_count(SLOT(r, record_off[R_PROMPT_TOKENS]), &prompt) || !add_count(comp, &completion) ||
+            !add_count(SLOT(r, record_off[R_CACHED_TOKENS]), &cached)) {
+            Py_INCREF(Py_None);
+            out = Py_None;
+            goto done;
+        }
+        if (c != Py_None) cost += PyFloat_AS_DOUBLE(c); /* `cost_usd or 0.0`: adding 0.0 for None */
+        else cost += 0.0;
+        if (ttft != Py_None) {
+            double t = PyFloat_AS_DOUBLE(ttft);
+            if (append_seconds(ttft_l, t) < 0) goto done;
+            int ok = 1;
+            long long tokens = comp == Py_None ? 0 : count_of(comp, &ok);
+            if (!ok) { /* past 64 bits */
+                Py_INCREF(Py_None);
+                out = Py_None;
+                goto done;
+            }
+            if (tokens) {
+                /* max((latency - ttft) / max(tokens - 1, 1) / 1000, 0.0) */
+                double per = (lat - t) / (double)(tokens - 1 > 1 ? tokens - 1 : 1) / 1000;
+                if (0.0 > per) per = 0.0;
+                PyObject *v = PyFloat_FromDouble(per);
+                if (v == NULL || PyList_Append(tpot, v) < 0) {
+                    Py_XDECREF(v);
+                    goto done;
+                }
+                Py_DECREF(v);
+            }
+        }
+        PyObject *att = SLOT(r, record_off[R_ATTEMPTS]);
+        Py_ssize_t na = PyList_GET_SIZE(att);
+        if (na == 0) continue;
+        PyObject *first = PyList_GET_ITEM(att, 0);
+        Py_INCREF(first);
+        PyObject *err = na == 1 ? PyObject_GetAttr(first, str_error) : Py_NewRef(Py_True);
+        if (err == NULL) {
+            Py_DECREF(first);
+            goto done;
+        }
+        int single = err == Py_None;
+        Py_DECREF(err);
+        if (!single) {
+            Py_DECREF(first);
+            if (PyList_Append(several, att) < 0) goto done;
+            continue;
+        }
+        PyObject *target = PyObject_GetAttr(first, str_target);
+        PyObject *elapsed = target == NULL ? NULL : PyObject_GetAttr(first, str_elapsed_ms);
+        Py_DECREF(first);
+        if (elapsed == NULL || !PyFloat_CheckExact(elapsed)) {
+            int failed = elapsed == NULL;
+            Py_XDECREF(target);
+            Py_XDECREF(elapsed);
+            if (failed) goto done;
+            Py_INCREF(Py_None); /* a time that is not a float: Python divides it */
+            out = Py_None;
+            goto done;
+        }
+        double ms = PyFloat_AS_DOUBLE(elapsed);
+        Py_DECREF(elapsed);
+        PyObject *values = PyDict_GetItemWithError(answered, target); /* borrowed */
+        if (values == NULL) {
+            if (PyErr_Occurred() || (values = PyList_New(0)) == NULL) {
+                Py_DECREF(target);
+                goto done;
+            }
+            int rc = PyDict_SetItem(answered, target, values);
+            Py_DECREF(values); /* the dict holds it */
+            if (rc < 0) {
+                Py_DECREF(target);
+                goto done;
+            }
+        }
+        Py_DECREF(target);
+        if (append_seconds(values, ms) < 0) goto done;
+    }
+    out = PyObject_CallFunction(columns_type, "OOLLLdOOOO", decision, latency, prompt, completion, cached, cost,
+                                ttft_l, tpot, answered, several);
+done:
+    Py_XDECREF(decision);
+    Py_XDECREF(latency);
+    Py_XDECREF(ttft_l);
+    Py_XDECREF(tpot);
+    Py_XDECREF(answered);
+    Py_XDECREF(several);
+    return out;
+}
+
+#define MAX_BOUNDS 64
+
+/* observe(counts, bounds, values): metrics._observe, `counts[bisect_left(bounds, v)] += 1` for each value
+ * and their running sum added to `counts[-1]`, for float values and bounds; anything else -> False and
+ * nothing changed (the Python function does it). */
+static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "observe() takes 3 arguments");
+        return NULL;
+    }
+    PyObject *counts = args[0], *bounds = args[1], *values = args[2];
+    if (!PyList_CheckExact(counts) || !PyTuple_CheckExact(bounds) || !PyList_CheckExact(values)) Py_RETURN_FALSE;
+    Py_ssize_t nb = PyTuple_GET_SIZE(bounds), nv = PyList_GET_SIZE(values);
+    if (nb > MAX_BOUNDS || PyList_GET_SIZE(counts) != nb + 2) Py_RETURN_FALSE;
+    double b[MAX_BOUNDS];
+    long long adds[MAX_BOUNDS + 1] = {0};
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        PyObject *x = PyTuple_GET_ITEM(bounds, i);
+        if (!PyFloat_CheckExact(x)) Py_RETURN_FALSE;
+        b[i] = PyFloat_AS_DOUBLE(x);
+    }
+    for (Py_ssize_t i = 0; i < nb + 2; i++)
+        if (!PyFloat_CheckExact(PyList_GET_ITEM(counts, i))) Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < nv; i++)
+        if (!PyFloat_CheckExact(PyList_GET_ITEM(values, i))) Py_RETURN_FALSE;
+    double total = 0.0;
+    for (Py_ssize_t i = 0; i < nv; i++) {
+        double x = PyFloat_AS_DOUBLE(PyList_GET_ITEM(values, i));
+        Py_ssize_t lo = 0, hi = nb; /* bisect_left, comparison for comparison */
+        while (lo < hi) {
+            Py_ssize_t mid = ((size_t)lo + hi) / 2;
+            if (b[mid] < x)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        adds[lo]++;
+        total += x;
+    }
+    /* `+= 1` k times on an integral float below 2**53 is `+= k` at once */
+    for (Py_ssize_t i = 0; i <= nb + 1; i++) {
+        double add = i <= nb ? (double)adds[i] : total;
+        if (i <= nb && adds[i] == 0) continue;
+        PyObject *now = PyFloat_FromDouble(PyFloat_AS_DOUBLE(PyList_GET_ITEM(counts, i)) + add);
+        if (now == NULL) return NULL; /* counts already changed stay changed: out of memory */
+        PyList_SetItem(counts, i, now);
+    }
+    Py_RETURN_TRUE;
+}
+
 /* --- the module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -430,6 +702,13 @@ static PyMethodDef methods[] = {
     {"prepare_rows", (PyCFunction)(void (*)(void))prepare_rows, METH_FASTCALL,
      "prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)."},
     {"audit_row", (PyCFunction)audit_row, METH_O, "audit_row(record) -> list: audit._audit_row in C."},
+    {"prepare_metrics", (PyCFunction)(void (*)(void))prepare_metrics, METH_FASTCALL,
+     "prepare_metrics(_signature, _VERDICT, OTHER, Columns)."},
+    {"columns", (PyCFunction)columns, METH_O, "columns(group) -> Columns | None: metrics._columns in C."},
+    {"signature", (PyCFunction)(void (*)(void))signature, METH_FASTCALL,
+     "signature(record, models) -> tuple: metrics._signature in C."},
+    {"observe", (PyCFunction)(void (*)(void))observe, METH_FASTCALL,
+     "observe(counts, bounds, values) -> bool: metrics._observe in C for floats; False: not done."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -180,14 +180,90 @@ class HistogramFamily:
 
 
 def _observe_many(family: HistogramFamily, key: tuple[str, ...], values: list[float]) -> None:
-    """Observations of `values` under `key`, in one loop."""
+    """Observations of `values` under `key`, at once."""
     counts = family.values.get(key)
     if counts is None:
         counts = family.values[key] = [0.0] * (len(family.bounds) + 2)
-    bounds = family.bounds
+    if not observe(counts, family.bounds, values):
+        _observe(counts, family.bounds, values)
+
+
+def _observe(counts: list[float], bounds: tuple[float, ...], values: list[float]) -> bool:
+    """Each value counted in its bucket, and their sum added to the last count (added up in order, as
+    the C function does on every Python version: `sum` adds floats more exactly from 3.12 on)."""
+    total = 0.0
     for value in values:
         counts[bisect_left(bounds, value)] += 1
-    counts[-1] += sum(values)
+        total += value
+    counts[-1] += total
+    return True
+
+
+class Columns(NamedTuple):
+    """What the records of one group add, gathered in one pass (_columns)."""
+
+    decision: list[float]  # seconds deciding, of the records with a decision time
+    latency: list[float]  # seconds until the last byte
+    prompt: int  # tokens (None counts 0)
+    completion: int
+    cached: int
+    cost: float  # USD, added up in order
+    ttft: list[float]  # seconds, of the streamed records
+    tpot: list[float]  # seconds per output token after the first, of the streamed records with output
+    answered: dict[str, list[float]]  # target -> seconds, of the requests its first attempt answered
+    several: list[list[Attempt]]  # the attempts of every other request with attempts
+
+
+def _columns(group: list[RequestRecord]) -> Columns:
+    """A group's records in one pass: the reference for `columns`, the same function in C."""
+    decision: list[float] = []
+    latency: list[float] = []
+    ttft: list[float] = []
+    tpot: list[float] = []
+    answered: dict[str, list[float]] = {}
+    several: list[list[Attempt]] = []
+    prompt = completion = cached = 0
+    cost = 0.0
+    for r in group:
+        if r.decision_ms is not None:
+            decision.append(r.decision_ms / 1000)
+        latency.append(r.latency_ms / 1000)
+        prompt += r.prompt_tokens or 0
+        completion += r.completion_tokens or 0
+        cached += r.cached_tokens or 0
+        cost += r.cost_usd or 0.0
+        if r.ttft_ms is not None:
+            ttft.append(r.ttft_ms / 1000)
+            if r.completion_tokens:
+                tpot.append(max((r.latency_ms - r.ttft_ms) / max(r.completion_tokens - 1, 1) / 1000, 0.0))
+        attempts = r.attempts
+        if len(attempts) == 1 and attempts[0].error is None:
+            answered.setdefault(attempts[0].target, []).append(attempts[0].elapsed_ms / 1000)
+        elif attempts:
+            several.append(attempts)
+    return Columns(decision, latency, prompt, completion, cached, cost, ttft, tpot, answered, several)
+
+
+def _signature(r: RequestRecord, models: dict[str | None, str]) -> Signature:
+    """The key a batch's records are grouped by (MetricsSink.emit_many): all that their labels and
+    reason code depend on. The model's label is worked out here: keys are fewer that way."""
+    trace = r.trace
+    return (
+        r.endpoint, r.router, r.route, models.get(r.model, OTHER), r.status, r.error, r.strategy,
+        tuple(map(_VERDICT, trace)) if trace else (), r.cache, r.tokens_estimated, r.stream,
+    )  # fmt: skip
+
+
+observe: Callable[[list[float], tuple[float, ...], list[float]], bool]
+signature: Callable[[RequestRecord, dict[str | None, str]], Signature]
+columns: Callable[[list[RequestRecord]], Columns | None]  # None: the C function left the group to Python
+try:  # the same functions in C (see _record.c)
+    from turnout.telemetry import _record
+except ImportError:  # not built (no C compiler at install)
+    observe, signature, columns = _observe, _signature, _columns
+else:
+    _record.prepare_metrics(_signature, _VERDICT, OTHER, Columns)
+    observe, signature, columns = _record.observe, _record.signature, _record.columns
 
 
 class Counts(NamedTuple):
@@ -331,11 +407,7 @@ class MetricsSink:
         models = self._models
         groups: dict[Signature, list[RequestRecord]] = {}
         for r in records:
-            trace = r.trace
-            key: Signature = (
-                r.endpoint, r.router, r.route, models.get(r.model, OTHER), r.status, r.error, r.strategy,
-                tuple(map(_VERDICT, trace)) if trace else (), r.cache, r.tokens_estimated, r.stream,
-            )  # fmt: skip
+            key = signature(r, models)
             group = groups.get(key)
             if group is None:
                 groups[key] = [r]
@@ -469,6 +541,7 @@ class MetricsSink:
         labels, [values]). Labels are bounded here, and the decision's reason code is worked out once."""
         endpoint, router_raw, route_raw, model, code, error, strategy_raw, trace, cache, estimated, stream = key
         n = len(group)
+        c = columns(group) or _columns(group)
         strategies, verdicts = self._strategies, self._verdicts
         router = self._routers.get(router_raw, OTHER)
         route = self._routes.get(route_raw, OTHER)
@@ -496,61 +569,40 @@ class MetricsSink:
             out.adds.append((self.decisions, (router, route, strategy, reason), n))
             if failed:
                 out.adds.append((self.errors, (model, "classification_failed"), failed * n))
-            seconds = [r.decision_ms / 1000 for r in group if r.decision_ms is not None]
-            if seconds:
-                out.observations.append((self.decision_seconds, (strategy,), seconds))
+            if c.decision:
+                out.observations.append((self.decision_seconds, (strategy,), c.decision))
         if cache != "off":
             out.adds.append((self.cache, (route, self._cache_results.get(cache, OTHER)), n))
         if endpoint == "chat":
-            out.observations.append(
-                (self.request_seconds, (route, "true" if stream else "false"), [r.latency_ms / 1000 for r in group])
-            )
+            out.observations.append((self.request_seconds, (route, "true" if stream else "false"), c.latency))
             if code == 200:
-                self._usage(group, model, "estimated" if estimated else "reported", error is None, out)
-        if any(r.attempts for r in group):
-            self._attempts(group, route, out)
+                self._usage(c, model, "estimated" if estimated else "reported", error is None, out)
+        if c.answered or c.several:
+            self._attempts(c, route, out)
 
-    def _usage(self, group: list[RequestRecord], model: str, source: str, clean: bool, out: Counts) -> None:
+    def _usage(self, c: Columns, model: str, source: str, clean: bool, out: Counts) -> None:
         """Tokens, cost, TTFT and TPOT of answered chat requests of one signature."""
-        prompt = sum(r.prompt_tokens or 0 for r in group)
-        completion = sum(r.completion_tokens or 0 for r in group)
-        cost = sum(r.cost_usd or 0.0 for r in group)
-        if prompt:
-            out.adds.append((self.tokens, (model, "input", source), prompt))
-        if completion:
-            out.adds.append((self.tokens, (model, "output", source), completion))
-        cached = sum(r.cached_tokens or 0 for r in group)
-        if cached:
-            out.adds.append((self.cached_tokens, (model,), cached))
-        if cost:
-            out.adds.append((self.cost, (model, "USD"), cost))
-        streamed = [r for r in group if r.ttft_ms is not None]
-        if streamed:
-            out.observations.append((self.ttft, (model,), [r.ttft_ms / 1000 for r in streamed]))  # type: ignore[operator]
-            if clean:
-                per_token = [
-                    max((r.latency_ms - r.ttft_ms) / max(r.completion_tokens - 1, 1) / 1000, 0.0)  # type: ignore[operator]
-                    for r in streamed
-                    if r.completion_tokens
-                ]
-                if per_token:
-                    out.observations.append((self.tpot, (model,), per_token))
+        if c.prompt:
+            out.adds.append((self.tokens, (model, "input", source), c.prompt))
+        if c.completion:
+            out.adds.append((self.tokens, (model, "output", source), c.completion))
+        if c.cached:
+            out.adds.append((self.cached_tokens, (model,), c.cached))
+        if c.cost:
+            out.adds.append((self.cost, (model, "USD"), c.cost))
+        if c.ttft:
+            out.observations.append((self.ttft, (model,), c.ttft))
+            if clean and c.tpot:
+                out.observations.append((self.tpot, (model,), c.tpot))
 
-    def _attempts(self, group: list[RequestRecord], route: str, out: Counts) -> None:
+    def _attempts(self, c: Columns, route: str, out: Counts) -> None:
         """Latency and errors per upstream attempt; a repeat of the same target is a retry, a new one a
         fallback. Latencies are gathered per (target, outcome) first, so each histogram is looked up once;
-        a request answered by its first attempt, the usual case, only adds its latency."""
-        seconds: dict[tuple[str, bool], list[float]] = {}  # (target, failed) -> seconds
-        for r in group:
-            attempts = r.attempts
-            if len(attempts) == 1 and attempts[0].error is None:
-                attempt = attempts[0]
-                values = seconds.get((attempt.target, False))
-                if values is None:
-                    seconds[(attempt.target, False)] = [attempt.elapsed_ms / 1000]
-                else:
-                    values.append(attempt.elapsed_ms / 1000)
-                continue
+        a request answered by its first attempt, the usual case, only adds its latency (`c.answered`)."""
+        seconds: dict[tuple[str, bool], list[float]] = {
+            (target, False): values for target, values in c.answered.items()
+        }
+        for attempts in c.several:
             self._several(attempts, route, seconds, out)
         models = self._models
         for (target, failed), values in seconds.items():
