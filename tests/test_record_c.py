@@ -4,8 +4,9 @@
 The Python functions are the reference: for any inputs the C builder must return the same record, value
 for value and type for type (compared by repr, where 1, 1.0 and True differ), or raise what Python
 raises. Inputs are generated to cover the common path the C code takes and every way off it: no context,
-no decision, no target, estimated usage, counts past 64 bits, prices with and without a cached price,
-times that are ints, NaN or infinite, reasons of every length and strategy, rows of several days.
+no decision, no target, usage to estimate (the C code asks record.estimate_prompt_tokens), counts past 64
+bits, prices with and without a cached price, times that are ints, NaN or infinite, reasons of every
+length and strategy, rows of several days.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def count(rng: random.Random) -> Any:
 
 
 def inputs(rng: random.Random) -> tuple[Any, ...]:
-    usage = pick(rng, (count(rng), count(rng), count(rng)), (rng.randint(0, 9), rng.randint(0, 9), None), (1, 2))
+    usage = pick(rng, (count(rng), count(rng), count(rng)), (rng.randint(0, 9), rng.randint(0, 9), None),
+                 (None, None, None), (None, 7, None), (5, None, 2), (1, 2))  # fmt: skip
     return (
         "r" * 32, pick(rng, 1796600000.0 + rng.random() * 3 * DAY, 1796600000), pick(rng, "chat", "chat", "route"),
         200.0 if odd(rng) else pick(rng, 200, 200, 200, 502, 400), a_float(rng), context(rng),

@@ -13,7 +13,7 @@
  * offset of every field's slot once (from its member descriptor), so a field is read or set with a load
  * or a store. A record is allocated with its type's tp_alloc and its slots filled; RequestRecord has no
  * __post_init__ (record.py checks), so this is what its __init__ would do. Anything off the common path
- * (no decision, a failed request, usage to estimate, a value of an unexpected type, a slot never set)
+ * (no decision, a failed request, a value of an unexpected type, a slot never set)
  * goes to the Python function, which also raises what Python would raise. */
 
 #define PY_SSIZE_T_CLEAN
@@ -53,6 +53,7 @@ static PyTypeObject *record_type, *context_type, *decision_type, *target_type;
 static Py_ssize_t record_off[R_N], context_off[C_N], decision_off[D_N], target_off[T_N];
 static PyObject *cache_default; /* RequestRecord.cache's default; guards' is a new empty list */
 static PyObject *chat; /* "chat" */
+static PyObject *estimate_prompt; /* record.estimate_prompt_tokens */
 
 /* The slot of `obj` at `offset` (borrowed; NULL if it was never set). */
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
@@ -85,12 +86,14 @@ static int take_type(PyObject *obj, PyTypeObject **slot) {
     return 0;
 }
 
-/* prepare(RequestRecord, RequestContext, Decision, Target, cache_default): done once, by record.py. */
+/* prepare(RequestRecord, RequestContext, Decision, Target, cache_default, estimate_prompt_tokens): done
+ * once, by record.py. */
 static PyObject *prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "prepare() takes 5 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "prepare() takes 6 arguments");
         return NULL;
     }
+    Py_XSETREF(estimate_prompt, Py_NewRef(args[5]));
     if (take_type(args[0], &record_type) < 0 || take_type(args[1], &context_type) < 0 ||
         take_type(args[2], &decision_type) < 0 || take_type(args[3], &target_type) < 0)
         return NULL;
@@ -238,17 +241,29 @@ static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t 
         if (differ == -1 && PyErr_Occurred()) return NULL;
         answered = differ == 0;
     }
-    PyObject *prompt = Py_None, *completion = Py_None, *cached = Py_None, *cost = NULL;
+    PyObject *prompt = Py_None, *completion = Py_None, *cached = Py_None, *cost = NULL, *estimate = NULL;
+    int estimated = 0;
     if (answered) {
         if (!PyTuple_CheckExact(usage) || PyTuple_GET_SIZE(usage) != 3) return fallback(self, args, nargsf, kwnames);
         prompt = PyTuple_GET_ITEM(usage, 0);
         completion = PyTuple_GET_ITEM(usage, 1);
         cached = PyTuple_GET_ITEM(usage, 2);
-        if (prompt == Py_None || completion == Py_None) /* estimated: the Python function counts */
-            return fallback(self, args, nargsf, kwnames);
+        if (prompt == Py_None || completion == Py_None) { /* not reported: estimated, as build_record does */
+            if (completion == Py_None && !PyLong_CheckExact(args[9])) return fallback(self, args, nargsf, kwnames);
+            estimated = 1;
+            if (prompt == Py_None) {
+                estimate = PyObject_CallOneArg(estimate_prompt, ctx); /* estimate_prompt_tokens(ctx) */
+                if (estimate == NULL) return NULL;
+                prompt = estimate;
+            }
+            if (completion == Py_None) completion = args[9]; /* deltas */
+        }
         int ok = 1;
         cost = cost_of(self, model, prompt, completion, cached, &ok);
-        if (cost == NULL) return ok ? NULL : fallback(self, args, nargsf, kwnames);
+        if (cost == NULL) {
+            Py_XDECREF(estimate);
+            return ok ? NULL : fallback(self, args, nargsf, kwnames);
+        }
     }
     PyObject *latency = NULL, *ttft_r = NULL, *decision_ms = NULL;
     int bad = rounded(args[4], 1000.0, &latency);
@@ -263,6 +278,7 @@ static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t 
     PyObject *guards = bad ? NULL : PyList_New(0);
     PyObject *record = guards == NULL ? NULL : record_type->tp_alloc(record_type, 0);
     if (record == NULL) {
+        Py_XDECREF(estimate);
         Py_XDECREF(cost);
         Py_XDECREF(latency);
         Py_XDECREF(decision_ms);
@@ -294,10 +310,10 @@ static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t 
         [R_STREAM] = Py_NewRef(stream),
         [R_LATENCY_MS] = latency,
         [R_TTFT_MS] = ttft_r,
-        [R_PROMPT_TOKENS] = Py_NewRef(prompt),
+        [R_PROMPT_TOKENS] = estimate != NULL ? estimate : Py_NewRef(prompt),
         [R_COMPLETION_TOKENS] = Py_NewRef(completion),
         [R_CACHED_TOKENS] = Py_NewRef(cached),
-        [R_TOKENS_ESTIMATED] = Py_NewRef(Py_False),
+        [R_TOKENS_ESTIMATED] = Py_NewRef(estimated ? Py_True : Py_False),
         [R_COST_USD] = cost == NULL ? Py_NewRef(Py_None) : cost,
         [R_CACHE] = Py_NewRef(cache_default),
         [R_GUARDS] = guards,
@@ -698,7 +714,7 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
 static PyMethodDef methods[] = {
     {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL,
-     "prepare(RequestRecord, RequestContext, Decision, Target, cache_default): look up the slots."},
+     "prepare(RequestRecord, RequestContext, Decision, Target, cache_default, estimate_prompt_tokens)."},
     {"prepare_rows", (PyCFunction)(void (*)(void))prepare_rows, METH_FASTCALL,
      "prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)."},
     {"audit_row", (PyCFunction)audit_row, METH_O, "audit_row(record) -> list: audit._audit_row in C."},

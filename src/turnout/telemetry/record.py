@@ -121,7 +121,7 @@ def build_record(
 def record_builder(models: Mapping[str, ModelConfig]) -> Callable[..., RequestRecord]:
     """build_record for one config's models: what Telemetry calls on each queued request. In C where it
     was built (_record.c: ~12,700 instructions per record in Python, a few hundred there), with this
-    module's function for what the C one leaves to Python (no decision, failures, estimated usage)."""
+    module's function for what the C one leaves to Python (no decision, failures, unexpected types)."""
     python = functools.partial(build_record, models)
     if _record is None:
         return python
@@ -149,7 +149,7 @@ def _prepare() -> ModuleType | None:
     defaults = {f.name: (f.default, f.default_factory) for f in dataclasses.fields(RequestRecord)}
     assert not hasattr(RequestRecord, "__post_init__")
     assert defaults["guards"][1] is list and isinstance(defaults["cache"][0], str)
-    module.prepare(RequestRecord, RequestContext, Decision, Target, defaults["cache"][0])
+    module.prepare(RequestRecord, RequestContext, Decision, Target, defaults["cache"][0], estimate_prompt_tokens)
     return module
 
 
