@@ -252,7 +252,8 @@ static PyObject *builder_call(PyObject *callable, PyObject *const *args, size_t 
             if (completion == Py_None && !PyLong_CheckExact(args[9])) return fallback(self, args, nargsf, kwnames);
             estimated = 1;
             if (prompt == Py_None) {
-                estimate = PyObject_CallOneArg(estimate_prompt, ctx); /* estimate_prompt_tokens(ctx) */
+                /* estimate_prompt_tokens(ctx) only reads the context: the slots borrowed above stay valid */
+                estimate = PyObject_CallOneArg(estimate_prompt, ctx);
                 if (estimate == NULL) return NULL;
                 prompt = estimate;
             }
