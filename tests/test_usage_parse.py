@@ -101,3 +101,18 @@ asyncio.run(Telemetry(sinks=[Quiet()]).start())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(8, 7, None)"
     assert out.stderr.count("not built at install (no C compiler?): turnout.telemetry._usage;") == 1
+
+
+def test_the_compiled_delta_count_agrees_with_bytes_count() -> None:
+    """meter.count_deltas (C, a stream's deltas once per chunk) is `bytes.count`: non-overlapping
+    occurrences, an empty needle matching at every position; checked on generated bodies and needles."""
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    rng = random.Random(5)
+    needles = [b'"delta":{"', b'"delta": {"', b"aa", b"a", b"", b'"', b"\x00"]
+    for body in bodies(rng, 5_000) + [b"aaaa" * rng.randint(0, 9) for _ in range(50)]:
+        for needle in needles + [body[i : i + rng.randint(0, 12)] for i in range(0, len(body), 37)]:
+            assert meter.count_deltas(body, needle) == body.count(needle), (body, needle)
+    for bad in [(b"a",), (b"a", "a"), (bytearray(b"a"), b"a"), (b"a", b"a", b"a")]:
+        with pytest.raises(TypeError):
+            meter.count_deltas(*bad)

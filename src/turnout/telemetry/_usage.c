@@ -11,6 +11,7 @@
  * against each other on thousands of generated bodies. `\s` is bytes-regex whitespace (space, \t, \n,
  * \r, \f, \v), `\d` an ASCII digit. Every read is bounds-checked against the body's length. */
 
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -171,7 +172,30 @@ fail:
     return NULL;
 }
 
+/* count(data, needle) -> data.count(needle), for bytes. A stream's meter counts its deltas with it once
+ * per chunk: `bytes.count` parses its arguments as a tuple (METH_VARARGS) and costs ~1,300 instructions a
+ * call on a 160-byte chunk under callgrind; this is a fast call and glibc's memmem. */
+static PyObject *count(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "count() takes two bytes");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(args[0]), *needle = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t left = PyBytes_GET_SIZE(args[0]), n = PyBytes_GET_SIZE(args[1]), found = 0;
+    if (n == 0) return PyLong_FromSsize_t(left + 1); /* as bytes.count: every position */
+    while (left >= n) {
+        const char *at = memmem(p, (size_t)left, needle, (size_t)n);
+        if (at == NULL) break;
+        found++; /* occurrences do not overlap: the search goes on after this one */
+        left -= (at - p) + n;
+        p = at + n;
+    }
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef methods[] = {
+    {"count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
+     "count(data, needle) -> int: data.count(needle) for bytes, as a fast call."},
     {"usage_of", (PyCFunction)(void (*)(void))usage_of, METH_FASTCALL,
      "usage_of(body, start=0) -> (prompt_tokens, completion_tokens, cached_tokens): see meter._usage_of."},
     {NULL, NULL, 0, NULL},
