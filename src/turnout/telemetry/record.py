@@ -46,9 +46,14 @@ def error_kind(exc: BaseException) -> str:
 def cost(
     model: ModelConfig | None, prompt: int | None, completion: int | None, cached: int | None = None
 ) -> float | None:
-    if model is None or not (model.input_price or model.output_price or model.cached_input_price):
+    if model is None or not priced(model):
         return None
     return model.cost_usd(prompt or 0, completion or 0, cached or 0)
+
+
+def priced(model: ModelConfig) -> bool:
+    """Whether the model has a price: without one, its requests have no cost."""
+    return bool(model.input_price or model.output_price or model.cached_input_price)
 
 
 def estimate_prompt_tokens(ctx: RequestContext) -> int:
@@ -131,11 +136,7 @@ def record_builder(models: Mapping[str, ModelConfig]) -> Callable[..., RequestRe
 
 def prices(models: Mapping[str, ModelConfig]) -> dict[str, tuple[float, float, float]]:
     """The models `cost` prices, with the prices cost_usd reads: input, output, cached input."""
-    return {
-        key: (m.input_price, m.output_price, m.cached_price)
-        for key, m in models.items()
-        if m.input_price or m.output_price or m.cached_input_price
-    }
+    return {key: (m.input_price, m.output_price, m.cached_price) for key, m in models.items() if priced(m)}
 
 
 def _prepare() -> ModuleType | None:
@@ -147,9 +148,10 @@ def _prepare() -> ModuleType | None:
     except ImportError:
         return None
     defaults = {f.name: (f.default, f.default_factory) for f in dataclasses.fields(RequestRecord)}
-    assert not hasattr(RequestRecord, "__post_init__")
-    assert defaults["guards"][1] is list and isinstance(defaults["cache"][0], str)
-    module.prepare(RequestRecord, RequestContext, Decision, Target, defaults["cache"][0], estimate_prompt_tokens)
+    cache = defaults["cache"][0]
+    if hasattr(RequestRecord, "__post_init__") or defaults["guards"][1] is not list or not isinstance(cache, str):
+        return None  # the C builder would not make the record __init__ makes: build it in Python
+    module.prepare(RequestRecord, RequestContext, Decision, Target, cache, estimate_prompt_tokens)
     return module
 
 
