@@ -16,7 +16,7 @@ from turnout.config import ModelConfig, default_config_tree, validate
 from turnout.proxy import UsageFilter
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
 from turnout.telemetry.audit import AuditSink
-from turnout.telemetry.meter import StreamMeter, Usage, _usage_of, completion_chars, last_events, usage_of
+from turnout.telemetry.meter import Metering, StreamMeter, Usage, _usage_of, completion_chars, last_events, usage_of
 from turnout.telemetry.metrics import MetricsSink
 from turnout.types import RequestRecord
 
@@ -387,7 +387,7 @@ def test_stream_meter_reads_a_whole_stream_that_arrives_as_one_chunk() -> None:
 def test_a_stream_that_asked_for_usage_sums_bytes_and_estimates_deltas_only_if_the_usage_never_comes() -> None:
     """`sized` (the upstream was asked for usage): no delta count; without the usage event, the deltas are
     estimated from the bytes after the first content over that event's size, whether the stream came as
-    one chunk, chunk by chunk, or through the relay's own loop (`seen`)."""
+    one chunk or chunk by chunk."""
     gatebench = b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"lite",'
     events = [gatebench + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}']
     events += [gatebench + b'"choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}]}' % i
@@ -396,19 +396,16 @@ def test_a_stream_that_asked_for_usage_sums_bytes_and_estimates_deltas_only_if_t
     chunks = [e + b"\n\n" for e in events]
     usage = gatebench + b'"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":16}}\n\n'
 
-    def sized() -> StreamMeter:
+    def sized() -> Metering:
         m = StreamMeter(time.perf_counter())
         m.sized = True
         return m
 
-    whole, apart, relayed = sized(), sized(), sized()
+    whole, apart = sized(), sized()
     whole.see(b"".join(chunks))
     for chunk in chunks:
         apart.see(chunk)
-    relayed.first(chunks[0])
-    relayed.first(chunks[1])  # the first content: from here on the relay sums the bytes itself
-    relayed.seen(sum(len(c) for c in chunks[2:]), (b"", chunks[-2], chunks[-1]))
-    for m in (whole, apart, relayed):
+    for m in (whole, apart):
         assert m.deltas == 16 and m.usage() == (None, None, None) and m.first_content is not None
     reported = sized()
     reported.see(b"".join(chunks[:-1]) + usage + chunks[-1])

@@ -90,7 +90,7 @@ import asyncio, logging, sys
 sys.modules["turnout.telemetry._usage"] = None  # as if it had not been built
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, meter
-assert not meter.COMPILED and meter.usage_of is meter._usage_of
+assert not meter.COMPILED and meter.usage_of is meter._usage_of and meter.StreamMeter is meter.PyStreamMeter
 print(meter.usage_of(b'{"usage":{"prompt_tokens":8,"completion_tokens":7}}'))
 class Quiet:  # a sink that does nothing: telemetry is on
     async def start(self): pass
@@ -116,3 +116,73 @@ def test_the_compiled_delta_count_agrees_with_bytes_count() -> None:
     for bad in [(b"a",), (b"a", "a"), (bytearray(b"a"), b"a"), (b"a", b"a", b"a")]:
         with pytest.raises(TypeError):
             meter.count_deltas(*bad)
+
+
+STREAM_PIECES = [
+    b"data: ", b"data:", b"\n\n", b"\r\n\r\n", b"\n", b'{"choices":[{"delta":{', b'{"choices": [{"delta": {',
+    b'"delta":{"', b'"delta": {"', b'"delta"', b'"content":"', b'"content": "', b'"content":""', b'"content":  "x',
+    b'"reasoning_content":"', b'"arguments":"', b'"arguments": ""', b"_content", b'"cont', b"ent", b'ent":"',
+    b'"argum', b's":"', b'"contents":"', b'"role":"assistant",', b'"tok"', b"}]}", b"}", b'"', b":", b" ", b"\t",
+    b"\v", b"[DONE]", b'"usage":{"prompt_tokens":7,"completion_tokens":3}', b'"usage": null', b"x" * 40,
+    b'"cached_tokens":2', b"\xff", b"\x00",
+]  # fmt: skip
+
+
+def streams(rng: random.Random, n: int) -> list[list[bytes]]:
+    """Streams built from STREAM_PIECES (and now and then a realistic one), cut into chunks at random."""
+    out = []
+    for i in range(n):
+        if i % 4 == 0:
+            spaced = rng.random() < 0.5
+            delta = b'"delta": {"content": "t%d"}' if spaced else b'"delta":{"content":"t%d"}'
+            events = [b'data: {"choices":[{' + delta % k + b"}]}" for k in range(rng.randrange(0, 30))]
+            if rng.random() < 0.5:
+                events.append(b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":%d}}' % len(events))
+            events.append(b"data: [DONE]")
+            data = b"\n\n".join(events) + b"\n\n"
+        else:
+            data = b"".join(rng.choice(STREAM_PIECES) for _ in range(rng.randrange(0, 80)))
+        cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(0, 12)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        out.append([c for c in chunks if c] if rng.random() < 0.8 else chunks)  # the relay never sends b""
+    return out
+
+
+def test_the_compiled_stream_meter_agrees_with_the_python_one() -> None:
+    """_usage.Meter (C) against meter.PyStreamMeter on generated streams cut into chunks at random, sized
+    or not: the same first-content chunk, delta count (or estimate) and usage after every chunk."""
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    assert meter.StreamMeter is not meter.PyStreamMeter
+    rng = random.Random(1207)
+    found = counted = 0
+    for chunks in streams(rng, 6_000):
+        sized = rng.random() < 0.4
+        c, py = meter.StreamMeter(1.5), meter.PyStreamMeter(1.5)
+        c.sized = py.sized = sized
+        for chunk in chunks:
+            c.see(chunk)
+            py.see(chunk)
+            assert (c.first_content is None) == (py.first_content is None), chunks
+            assert c.deltas == py.deltas and c.usage() == py.usage(), (chunks, sized)
+        assert (c.ttft_ms is None) == (py.ttft_ms is None) and c.sized == sized and c.started == 1.5
+        found += c.first_content is not None
+        counted += c.deltas > 1
+    assert found > 2_000 and counted > 1_000  # both paths are taken, often
+
+
+def test_the_compiled_stream_meter_checks_its_arguments() -> None:
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    m = meter.StreamMeter(0.0)
+    for bad in ["text", bytearray(b"x"), None]:
+        with pytest.raises(TypeError):
+            m.see(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        m.error = 5  # type: ignore[assignment]
+    m.error = "upstream_5xx"
+    assert m.error == "upstream_5xx"
+    m.error = None
+    assert m.error is None and m.usage() == (None, None, None) and m.deltas == 0 and m.ttft_ms is None
+    with pytest.raises(AttributeError):
+        m.first_content = 1.0  # type: ignore[misc]

@@ -31,7 +31,7 @@ from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, UsageFilter, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
-from turnout.telemetry.meter import NO_USAGE, completion_chars, count_deltas, usage_of
+from turnout.telemetry.meter import NO_USAGE, completion_chars, usage_of
 from turnout.telemetry.record import error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
@@ -228,9 +228,7 @@ async def relay_stream(
     send: Send, receive: Receive, reply: StreamReply, headers: list[tuple[bytes, bytes]], measure: bool = True
 ) -> bool:
     """Relay SSE chunk by chunk; a client that leaves cancels the upstream request at once. With `measure`,
-    the stream's meter sees every chunk (TTFT, deltas, usage: only records need it); after the first
-    content its per-chunk work is done here, in local variables (StreamMeter.see does the same, a method
-    call and four attribute updates more per chunk).
+    the stream's meter sees every chunk (TTFT, deltas, usage: only records need it), one call each.
     Returns True when the stream was cut short (the client left, or the shutdown grace ran out)."""
     start = [(b"content-type", reply.content_type.encode()), (b"cache-control", b"no-cache"), *headers]
     try:
@@ -239,23 +237,15 @@ async def relay_stream(
         reply.close()  # the upstream connection is closed, never left holding its pool slot
         raise
     watch = DisconnectWatch(receive)
-    meter, read, chunk = reply.meter if measure else None, reply.read, reply.first
-    delta, counted = b"", 0  # this stream's spelling of a non-empty delta, once known; deltas counted here
-    sized = False  # usage will come: sum the bytes, count no deltas (StreamMeter)
-    if meter is not None and reply.usage_asked:
-        sized = meter.sized = True
-    older = before = last = b""  # the last three chunks: the usage event is read from them at the end
+    read, chunk = reply.read, reply.first
+    see = reply.meter.see if measure else None
+    if see is not None and reply.usage_asked:
+        reply.meter.sized = True  # usage will come: sum the bytes, count no deltas (StreamMeter)
     strip = UsageFilter() if reply.strip_usage else None  # the meter sees the usage event; the client not
     try:
         while chunk:
-            if meter is not None:
-                if not delta:
-                    delta = meter.first(chunk)
-                elif sized:
-                    counted += len(chunk)
-                else:
-                    counted += count_deltas(chunk, delta)  # C: ~1,200 instructions a chunk less than bytes.count
-                older, before, last = before, last, chunk
+            if see is not None:
+                see(chunk)
             out = chunk if strip is None else strip(chunk)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -286,8 +276,6 @@ async def relay_stream(
         raise
     finally:
         watch.stop()
-        if meter is not None:
-            meter.seen(counted, (older, before, last))
     return False
 
 

@@ -34,7 +34,7 @@ from turnout.errors import (
 )
 from turnout.health import HealthBoard
 from turnout.numbers import round3
-from turnout.telemetry.meter import StreamMeter
+from turnout.telemetry.meter import Metering, StreamMeter
 from turnout.types import Attempt, Target, Upstream, UpstreamResponse
 
 _RETRYABLE_4XX = frozenset({401, 403, 408, 429})
@@ -57,7 +57,7 @@ class StreamReply:
     first: bytes  # the stream's first chunk, read before the client was answered
     read: Callable[[], Awaitable[bytes]]  # the next chunk; b"" at the end; raises UpstreamError
     close: Callable[[], None]  # closes the upstream response at once
-    meter: StreamMeter
+    meter: Metering
     upstream: str
     strip_usage: bool = False  # the gateway asked for usage the client did not: take its event out
     usage_asked: bool = False  # the upstream was asked for usage (by the client or the gateway): see StreamMeter

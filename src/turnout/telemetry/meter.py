@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -101,7 +101,25 @@ def completion_chars(body: bytes) -> int:
         return 0
 
 
-class StreamMeter:
+class Metering(Protocol):
+    """What a stream's meter offers: `StreamMeter(started)` makes one (the C `Meter`, or PyStreamMeter)."""
+
+    error: str | None
+    sized: bool
+
+    @property
+    def started(self) -> float: ...
+    @property
+    def first_content(self) -> float | None: ...
+    def see(self, chunk: bytes) -> None: ...
+    def usage(self) -> Usage: ...
+    @property
+    def deltas(self) -> int: ...
+    @property
+    def ttft_ms(self) -> float | None: ...
+
+
+class PyStreamMeter:
     """Watches an SSE stream go by: when the first content arrived, how many content deltas, the usage.
 
     `deltas` counts the first content, then every non-empty delta object after it: an estimate of output
@@ -113,7 +131,10 @@ class StreamMeter:
     When the upstream was asked for usage (`sized`: the client asked, or `stream_usage`), its usage event
     gives the counts and the deltas are not counted: only the bytes after the first content are summed,
     and should the event not come, `deltas` is estimated as those bytes over the first content event's
-    size. The count cost ~8,000 instructions per 16-chunk stream under load (~1.8 us on the EPYC VM)."""
+    size. The count cost ~8,000 instructions per 16-chunk stream under load (~1.8 us on the EPYC VM).
+
+    The reference for `_usage.Meter`, the same object in C, and what runs where that was not built
+    (`StreamMeter` is whichever of the two runs)."""
 
     __slots__ = ("_after", "_count", "_delta", "_event", "_tail", "error", "first_content", "sized", "started")
 
@@ -137,22 +158,22 @@ class StreamMeter:
         return self._count
 
     def see(self, chunk: bytes) -> None:
-        """One chunk of the stream (app.relay_stream does the same inline)."""
+        """One chunk of the stream (app.relay_stream calls it once per chunk)."""
         tail = self._tail
         self._tail = (tail[1], tail[2], chunk)
         if not self._delta:
-            self.first(chunk)
+            self._first(chunk)
         elif self.sized:
             self._after += len(chunk)
         else:
             self._count += count_deltas(chunk, self._delta)
 
-    def first(self, chunk: bytes) -> bytes:
-        """Before the first content: look for it in `chunk`. Returns this stream's spelling of a non-empty
-        delta object once the first content went by (count it in later chunks), else b""."""
+    def _first(self, chunk: bytes) -> None:
+        """Before the first content: look for it in `chunk`; once found, this stream's spelling of a
+        non-empty delta object is known (counted in later chunks)."""
         found = _CONTENT.search(chunk)  # stops at the first content: a whole stream may come as one chunk
         if found is None:
-            return b""
+            return
         self.first_content = time.perf_counter()
         at = chunk.rfind(b'"delta"', 0, found.start())  # the delta object the first content is in
         self._delta = delta = b'"delta": {"' if at >= 0 and chunk.startswith(b'"delta": ', at) else b'"delta":{"'
@@ -162,16 +183,6 @@ class StreamMeter:
             self._event, self._after, self._count = end - max(begin, 0), len(chunk) - end, 1
         else:
             self._count += 1 + chunk.count(delta, found.end())
-        return delta
-
-    def seen(self, deltas: int, tail: tuple[bytes, bytes, bytes]) -> None:
-        """What app.relay_stream counted itself after the first content (sized: the bytes after it), and
-        the stream's last three chunks."""
-        if self.sized:
-            self._after += deltas
-        else:
-            self._count += deltas
-        self._tail = tail
 
     def usage(self) -> Usage:
         """(prompt_tokens, completion_tokens, cached) from the stream's usage event, when the upstream sent one:
@@ -183,3 +194,10 @@ class StreamMeter:
     @property
     def ttft_ms(self) -> float | None:
         return None if self.first_content is None else (self.first_content - self.started) * 1000
+
+
+StreamMeter: Callable[[float], Metering]
+try:  # the same object in C: one call per chunk (see _usage.c)
+    from turnout.telemetry._usage import Meter as StreamMeter
+except ImportError:
+    StreamMeter = PyStreamMeter
