@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from turnout.config import ModelConfig
+from turnout.features import Features
 from turnout.telemetry import audit, record
 from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
 
@@ -64,11 +65,35 @@ def decision(rng: random.Random) -> Decision:
     )  # fmt: skip
 
 
+class Message(dict[str, Any]):
+    pass
+
+
+class Text(str):
+    pass
+
+
+def body(rng: random.Random) -> dict[str, Any]:
+    """A request body for the prompt estimate: mostly ASCII messages; now and then text that is not ASCII,
+    content parts, no content, subclasses, or `messages` of another type."""
+    text = "hello " * rng.randint(0, 50)
+    if rng.random() < 0.6:
+        return {"messages": [{"role": "user", "content": text}]}
+    content = pick(rng, "你好，世界" * rng.randint(1, 9), "café " * 3, [{"type": "text", "text": text}], None,
+                   Text(text), 7, "")  # fmt: skip
+    message = pick(rng, {"role": "user", "content": content}, {"role": "user"}, Message(content=content), "user")
+    if rng.random() < 0.7:
+        return {"messages": [{"role": "system", "content": text}, message]}
+    messages = pick(rng, (message,), None, "hi", [])
+    return pick(rng, {"messages": messages}, {}, {"prompt": text})
+
+
 def context(rng: random.Random) -> RequestContext | None:
     if rng.random() < 0.05:
         return None
-    ctx = RequestContext("r" * 32, {"messages": [{"role": "user", "content": "hello " * rng.randint(0, 50)}]},
-                         "auto", rng.random() < 0.5)  # fmt: skip
+    ctx = RequestContext("r" * 32, body(rng), "auto", rng.random() < 0.5)
+    if rng.random() < 0.05:
+        ctx.features = Features(ctx.body)  # the router built them: the Python estimate answers
     if rng.random() < 0.9:
         ctx.decision = decision(rng)
     key = pick(rng, "priced", "cached", "only-cached", "free", "unknown")
