@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from turnout.config import ModelConfig
@@ -177,6 +178,43 @@ def test_the_compiled_audit_row_agrees_with_the_python_one() -> None:
     hand_made = RequestRecord("id", 1796600000.5, "chat", 200)
     assert audit.audit_row(hand_made) == audit._audit_row(hand_made)
     assert outcome(audit.audit_row, object()) == outcome(audit._audit_row, object())
+
+
+@needs_c
+def test_the_compiled_writer_serialization_agrees_with_the_python_one() -> None:
+    """audit.docs (C) against audit._docs on batches of real rows (from generated records) mixed with rows
+    orjson cannot write (a key that is not a str, an int past 64 bits), text that is not ASCII, objects
+    only `default=str` can write, and times of other days, of other types and NaN: the same flat list,
+    pairs and bad indices, compared by `repr`."""
+    rng = random.Random(11)
+    c_build = record.record_builder(MODELS)
+    day = 1796601600.0  # a UTC midnight
+    numpy = orjson.OPT_SERIALIZE_NUMPY
+    bad = good = 0
+    for _ in range(400):
+        batch = []
+        for _ in range(rng.randint(0, 40)):
+            try:
+                row = audit.audit_row(c_build(*inputs(rng)))
+            except Exception:
+                continue
+            if odd(rng):
+                row[rng.randrange(1, len(row))] = pick(rng, {1: "x"}, 2**70, "你好", object(), [float("nan")], None)
+            if odd(rng):
+                row[0] = pick(rng, day - 1.0, day, day + DAY, day + DAY - 1e-6, 1796601700, float("nan"), True)
+            batch.append(row)
+        start, end = pick(rng, (day, day + DAY), (0.0, 0.0), (day, day))
+        c_out, py_out = (
+            audit.docs(batch, start, end, orjson.dumps, numpy),
+            audit._docs(batch, start, end, orjson.dumps, numpy),
+        )
+        # an `object()` is written as its str (its address), the same in both
+        assert repr(c_out) == repr(py_out), batch
+        bad += len(py_out[2])
+        good += len(py_out[0]) // 2 + len(py_out[1])
+    assert bad > 50 and good > 3_000
+    with pytest.raises(TypeError):
+        audit.docs([(1.0, "x")], 0.0, 1.0, orjson.dumps, numpy)  # type: ignore[list-item]
 
 
 @needs_c

@@ -9,7 +9,7 @@ The request path never waits for a disk:
 
     emit(record)    turns the record into its row (a list of its values: about a microsecond) and appends
                     it to an in-memory deque: no I/O, no lock, no serialization
-    writer thread   every `flush_s`, or as soon as BATCH rows wait, serializes each row with orjson and
+    writer thread   every `flush_s`, or as soon as BATCH rows wait, serializes each row with orjson (`docs`) and
                     inserts them in one transaction with multi-row INSERTs (see insert_many), then appends
                     the JSONL lines
     close()         the writer writes everything still queued, then stops: a clean shutdown loses nothing
@@ -637,11 +637,16 @@ def insert_many(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
 
 def insert_rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]) -> None:
     """insert_many's statements, in the caller's transaction."""
-    done, total = 0, len(rows)
+    insert_flat(conn, table, columns, [value for row in rows for value in row])
+
+
+def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], values: list[Any]) -> None:
+    """insert_rows for rows given as one flat list of their values, row after row."""
+    width = len(columns)
+    done, total = 0, len(values) // width
     for size in CHUNKS:
         while total - done >= size:
-            flat = [value for row in rows[done : done + size] for value in row]
-            conn.execute(multi_insert(table, columns, size), flat)
+            conn.execute(multi_insert(table, columns, size), values[done * width : (done + size) * width])
             done += size
 
 
@@ -678,14 +683,40 @@ def _audit_row(r: RequestRecord) -> list[Any]:
     ]  # fmt: skip
 
 
+Docs = tuple[list[Any], list[Row], list[int]]
+
+
+def _docs(batch: list[list[Any]], start: float, end: float, dumps: Callable[..., bytes], option: int) -> Docs:
+    """The writer's serialization of a batch of rows (lists from `audit_row`): each row as its `ts` and the
+    JSON text of its other values. Returns the rows of the day [start, end) as one flat list (ts, doc, ts,
+    doc, ...: insert_flat's values), the other days' rows as (ts, doc) pairs, and the indices of the rows
+    `dumps` could not write. The reference for `docs`, the same function in C (_record.c)."""
+    flat: list[Any] = []
+    other: list[Row] = []
+    bad: list[int] = []
+    for i, row in enumerate(batch):
+        try:
+            doc = dumps(row[1:], default=str, option=option).decode()
+        except TypeError:  # orjson.JSONEncodeError is one
+            bad.append(i)
+            continue
+        ts = row[0]
+        if start <= ts < end:
+            flat += (ts, doc)
+        else:
+            other.append((ts, doc))
+    return flat, other, bad
+
+
 audit_row: Callable[[RequestRecord], list[Any]]
+docs: Callable[[list[list[Any]], float, float, Callable[..., bytes], int], Docs]
 try:  # ~4,100 instructions per row in Python, a few hundred in C (see _record.c)
     from turnout.telemetry import _record
 except ImportError:  # not built (no C compiler at install)
-    audit_row = _audit_row
+    audit_row, docs = _audit_row, _docs
 else:
     _record.prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)
-    audit_row = _record.audit_row
+    audit_row, docs = _record.audit_row, _record.docs
 
 
 def jsonl_line(row: list[Any]) -> bytes:
@@ -786,27 +817,24 @@ class AuditSink(BackgroundWriter[list[Any]]):
         transaction (insert_rows), then the JSONL lines. A row orjson cannot write is dropped and counted;
         the others are still written."""
         start, end, today = self._today
-        docs: list[Row] = []  # today's
-        other: dict[str, list[Row]] = {}  # other days' (a stream that began before midnight, a day's first row)
-        kept: list[list[Any]] = []  # the rows written, for the JSONL copy
-        serialize, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY  # dumps() inlined: ~0.2 of ~2 us per row
-        for row in batch:
-            try:
-                doc = (row[0], serialize(row[1:], default=str, option=numpy).decode())
-            except (TypeError, orjson.JSONEncodeError):
-                if not self.unwritable:
+        flat, others, bad = docs(batch, start, end, orjson.dumps, orjson.OPT_SERIALIZE_NUMPY)
+        kept = batch  # the rows written, for the JSONL copy
+        if bad:
+            if not self.unwritable:
+                try:  # the row again, for its traceback in the log
+                    dumps(batch[bad[0]][1:])
+                except TypeError:
                     log.exception("audit log: a row could not be serialized; it is dropped (logged once)")
-                self.unwritable += 1
-                self.dropped += 1
-                continue
-            kept.append(row)
-            if start <= doc[0] < end:
-                docs.append(doc)
-            else:
-                other.setdefault(self._table_of(conn, doc[0]), []).append(doc)
+            self.unwritable += len(bad)
+            self.dropped += len(bad)
+            skip = set(bad)
+            kept = [row for i, row in enumerate(batch) if i not in skip]
+        other: dict[str, list[Row]] = {}  # other days' (a stream that began before midnight, a day's first row)
+        for ts, doc in others:
+            other.setdefault(self._table_of(conn, ts), []).append((ts, doc))
         try:
             with immediate(conn):
-                insert_rows(conn, today, ("ts", "doc"), docs)
+                insert_flat(conn, today, ("ts", "doc"), flat)
                 for table, rows in other.items():
                     insert_rows(conn, table, ("ts", "doc"), rows)
         except sqlite3.OperationalError:  # a day another worker dropped, or a failing disk: the batch is retried
