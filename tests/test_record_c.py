@@ -247,7 +247,7 @@ import asyncio, functools, logging, sys
 sys.modules["turnout.telemetry._record"] = None  # as if it had not been built
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, audit, record
-assert not record.COMPILED and audit.audit_row is audit._audit_row
+assert not record.COMPILED and audit.audit_row is audit._audit_row and audit.docs is audit._docs
 assert isinstance(record.record_builder({}), functools.partial)
 class Quiet:
     async def start(self): pass
