@@ -1,5 +1,6 @@
-/* turnout.telemetry._usage: `usage_of` in C, the same function as meter.py's `_usage_of` (which is the
- * reference, and what runs when this module was not built).
+/* turnout.telemetry._usage: `usage_of` in C, the same function as meter.py's `_usage_of`; `count`, the
+ * delta count (`bytes.count`); and `Meter`, meter.py's `PyStreamMeter` (below). The Python code is the
+ * reference, and what runs when this module was not built.
  *
  * Why C: reading the three counts out of an upstream's answer is the largest single piece of what
  * telemetry adds per request. In Python the best of several versions costs ~10,500 instructions per JSON
