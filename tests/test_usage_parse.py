@@ -186,3 +186,7 @@ def test_the_compiled_stream_meter_checks_its_arguments() -> None:
     assert m.error is None and m.usage() == (None, None, None) and m.deltas == 0 and m.ttft_ms is None
     with pytest.raises(AttributeError):
         m.first_content = 1.0  # type: ignore[misc]
+    bare = type(m).__new__(type(m))  # never initialized: empty, not broken
+    assert bare.usage() == (None, None, None) and bare.deltas == 0 and bare.ttft_ms is None
+    bare.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
+    assert bare.deltas == 1 and bare.first_content is not None

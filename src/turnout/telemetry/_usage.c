@@ -299,6 +299,16 @@ typedef struct {
 static PyObject *perf_counter; /* time.perf_counter: first_content is on its clock, as `started` is */
 static PyObject *empty_bytes;
 
+/* Every slot valid from the start, so that a Meter made without __init__ (Meter.__new__) is empty, not broken. */
+static PyObject *meter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    (void)args;
+    (void)kwargs;
+    Meter *self = (Meter *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    for (int i = 0; i < 3; i++) self->tail[i] = Py_NewRef(empty_bytes);
+    return (PyObject *)self;
+}
+
 static int meter_init(Meter *self, PyObject *args, PyObject *kwargs) {
     double started;
     static char *names[] = {"started", NULL};
@@ -476,7 +486,7 @@ static PyTypeObject MeterType = {
     .tp_doc = "Meter(started): meter.PyStreamMeter in C.",
     .tp_basicsize = sizeof(Meter),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = meter_new,
     .tp_init = (initproc)meter_init,
     .tp_dealloc = (destructor)meter_dealloc,
     .tp_methods = meter_methods,
