@@ -806,13 +806,15 @@ static PyObject *docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
                             ? PyUnicode_DecodeUTF8(PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), NULL)
                             : PyObject_CallMethod(text, "decode", NULL);
         Py_DECREF(text);
+        if (doc == NULL || PyList_GET_SIZE(row) < 1) { /* a `default` that emptied the row: not ours */
+            if (doc != NULL) PyErr_SetString(PyExc_TypeError, "docs: a row was emptied while it was written");
+            Py_XDECREF(doc);
+            Py_DECREF(row);
+            goto done;
+        }
         PyObject *ts = PyList_GET_ITEM(row, 0);
         Py_INCREF(ts);
         Py_DECREF(row);
-        if (doc == NULL) {
-            Py_DECREF(ts);
-            goto done;
-        }
         int today; /* start <= ts < end */
         if (PyFloat_CheckExact(ts) && PyFloat_CheckExact(start) && PyFloat_CheckExact(end)) {
             double t = PyFloat_AS_DOUBLE(ts);
