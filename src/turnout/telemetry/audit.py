@@ -830,8 +830,8 @@ class AuditSink(BackgroundWriter[list[Any]]):
             skip = set(bad)
             kept = [row for i, row in enumerate(batch) if i not in skip]
         other: dict[str, list[Row]] = {}  # other days' (a stream that began before midnight, a day's first row)
-        for ts, doc in others:
-            other.setdefault(self._table_of(conn, ts), []).append((ts, doc))
+        for pair in others:  # (ts, doc)
+            other.setdefault(self._table_of(conn, pair[0]), []).append(pair)
         try:
             with immediate(conn):
                 insert_flat(conn, today, ("ts", "doc"), flat)
