@@ -7,7 +7,8 @@
 turnout-bare, telemetry off), but on a shared 2-core VM its per-run noise (steal time, neighbours) is
 larger than the effect. This measures the parts directly, on the real sinks, with thread CPU clocks:
 
-  record build        telemetry.record.build_record, from what the request path queued, on the event loop
+  record build        the gateway's record builder (telemetry.record.record_builder: the C one where it was
+                      built), from what the request path queued, on the event loop
   metrics emit        MetricsSink.emit_many, in batches of 128 as telemetry.Telemetry.flush hands them over,
                       on the event loop
   audit emit          AuditSink.emit_many (the rows and one queue hand-over), on the event loop
@@ -38,7 +39,7 @@ from turnout.config import default_config_tree, validate
 from turnout.telemetry.audit import AuditSink, audit_path, connect
 from turnout.telemetry.meter import StreamMeter, usage_of
 from turnout.telemetry.metrics import MetricsSink
-from turnout.telemetry.record import build_record
+from turnout.telemetry.record import record_builder
 from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
 
 
@@ -100,9 +101,10 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     tune_gc()  # as the gateway does after start-up (app.tune_gc)
     out: dict[str, float] = {}
 
+    build = record_builder(settings.models)
     t = time.thread_time()
     for q in queued:
-        build_record(settings.models, *q)  # type: ignore[arg-type]
+        build(*q)
     out["record build"] = (time.thread_time() - t) / n * 1e6
 
     t = time.thread_time()
@@ -137,7 +139,8 @@ async def one_run(n: int, runtime_dir: str) -> dict[str, float]:
     out["audit emit"] = spent / n * 1e6
     out["audit writer"] = (w1 - w0) / max(written, 1) * 1e6
     conn = connect(audit_path(settings))
-    audit.opened(conn)  # the writer's connection settings
+    conn.execute(f"PRAGMA secure_delete = {audit.secure_delete}")  # the writer's connection settings
+    audit.opened(conn)
     t = time.thread_time()
     audit.purge(conn)
     out["audit retention"] = (time.thread_time() - t) / max(written, 1) * 1e6
