@@ -152,6 +152,25 @@ def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int,
     return r["requests"], c1 - c0, r["lat_ms"]["p50"], r["lat_ms"]["p99"]
 
 
+# Student's t, two-sided 95 %, by degrees of freedom (1-30); beyond 30 the normal 1.96 is close enough.
+T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def block_interval(blocks: list[dict[str, list[int]]], name: str, base: str) -> str:
+    """`name`'s CPU per request over `base`'s, one ratio per block of fresh servers, as the mean with a 95 %
+    confidence interval (t over blocks) and the ratios themselves. A server process keeps its memory
+    layout's luck for as long as it runs, so rounds within a block are not independent; blocks are."""
+    ratios = [b[name][1] / b[name][0] / (b[base][1] / b[base][0]) - 1 for b in blocks]
+    mean = statistics.fmean(ratios)
+    half = T95[len(ratios) - 2] if len(ratios) <= len(T95) + 1 else 1.96
+    half *= statistics.stdev(ratios) / len(ratios) ** 0.5
+    each = " ".join(f"{100 * x:+.1f}" for x in ratios)
+    return f"{100 * mean:+.1f}% [{100 * (mean - half):+.1f}%, {100 * (mean + half):+.1f}%]   blocks: {each}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
@@ -183,11 +202,13 @@ def main() -> None:
     p50: dict[str, list[float]] = {n: [] for n in names}  # latency p50 ms, per round
     p99: dict[str, list[float]] = {n: [] for n in names}
     totals = {n: [0, 0] for n in names}
+    blocks: list[dict[str, list[int]]] = []  # per block: name -> [requests, CPU ns]
     up = start([a.python, os.path.join(a.gatebench, "fake_upstream.py"), "--port", str(UP_PORT)], a.bench_cpus, log)
     try:
         r = 0
         for block in range(a.blocks):  # fresh server processes per block: see --blocks
             servers = start_servers(a, variants, log, work)
+            blocks.append({n: [0, 0] for n in names})
             try:
                 for _ in range(a.rounds // a.blocks + (block < a.rounds % a.blocks)):
                     order = names[r % len(names) :] + names[: r % len(names)]
@@ -197,8 +218,9 @@ def main() -> None:
                         cpu[name].append(ns / 1e6 / done)
                         p50[name].append(lat)
                         p99[name].append(tail)
-                        totals[name][0] += done
-                        totals[name][1] += ns
+                        for tally in (totals[name], blocks[-1][name]):
+                            tally[0] += done
+                            tally[1] += ns
                     r += 1
                     print(f"round {r:>3}: " + "  ".join(f"{n} {cpu[n][-1]:.4f}" for n in names), flush=True)
             finally:
@@ -220,6 +242,10 @@ def main() -> None:
             f"{100 * (statistics.median(ratios) - 1):>+22.1f}% {statistics.median(p50[n]):>15.3f}"
             f" {statistics.median(p99[n]):>7.3f}"
         )
+    if len(blocks) > 1:
+        print(f"\nper block ({len(blocks)} fresh sets of servers): CPU per request vs bare, mean and 95 % interval")
+        for n in names[1:]:
+            print(f"{n:<8} {block_interval(blocks, n, 'bare')}")
     if "obare" in totals:
         for n, base in (("full", "bare"), ("other", "obare"), ("full", "other"), ("bare", "obare")):
             ratio = totals[n][1] / totals[n][0] / (totals[base][1] / totals[base][0])
