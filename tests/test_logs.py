@@ -131,7 +131,7 @@ def test_serve_log_config_formats_turnout_uvicorn_and_library_warnings(fmt: str)
 
 def test_request_log_writes_one_json_line_per_request(make_gateway: GatewayFactory) -> None:
     gw = make_gateway()
-    gw.app.telemetry.sinks.append(RequestLogSink(gw.app.settings))
+    gw.app.telemetry.add(RequestLogSink(gw.app.settings))
     with captured("turnout.requests") as cap, sdk(gw) as client:
         raw = client.chat.completions.with_raw_response.create(model="auto", messages=HI)
         deadline = time.monotonic() + 5

@@ -16,6 +16,7 @@ import os
 import random
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 
 from turnout.config import ModelConfig
 from turnout.features import Features
-from turnout.telemetry import audit, record
+from turnout.telemetry import audit, meter, record
 from turnout.types import Attempt, Decision, RequestContext, RequestRecord, Target
 
 needs_c = pytest.mark.skipif(not record.COMPILED, reason="turnout.telemetry._record was not built")
@@ -248,6 +249,7 @@ sys.modules["turnout.telemetry._record"] = None  # as if it had not been built
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, audit, record
 assert not record.COMPILED and audit.audit_row is audit._audit_row and audit.docs is audit._docs
+assert record.take is record._take
 assert isinstance(record.record_builder({}), functools.partial)
 class Quiet:
     async def start(self): pass
@@ -256,6 +258,82 @@ asyncio.run(Telemetry(sinks=[Quiet()]).start())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("not built at install (no C compiler?): turnout.telemetry._record;") == 1
+
+
+class Meter:
+    """A stream meter as app.relay_stream leaves it (any object with these attributes), or one whose
+    `usage` fails or that lacks an attribute."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._usage = pick(rng, (3, 9, None), (None, None, None), (1, 2, 0))
+        self._fails = odd(rng)
+        self.ttft_ms = pick(rng, None, a_float(rng))
+        self.deltas = rng.randint(0, 40)
+        if not odd(rng):
+            self.error = pick(rng, None, "cancelled", "", 0)
+
+    def usage(self) -> Any:
+        if self._fails:
+            raise ValueError("usage failed")
+        return self._usage
+
+
+class Scope(dict[str, Any]):
+    """A dict subclass: still a dict to the C function."""
+
+
+def real_meter(rng: random.Random, kind: type[Any]) -> Any:
+    """A stream meter of turnout's, fed a stream with or without content and usage."""
+    m = kind(1000.0)
+    if rng.random() < 0.7:
+        m.see(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
+    if rng.random() < 0.5:
+        m.see(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+    return m
+
+
+def scope(rng: random.Random) -> Any:
+    """What the request path leaves in an ASGI scope: every key may be missing, the meter may be a real
+    one (C or Python) or a stand-in, times may be ints."""
+    values: dict[str, Any] = {
+        "turnout.t0": pick(rng, 1000.25, 1000, rng.random() * 1e4),
+        "turnout.wall": 1796600000.0 + rng.random(),
+        "turnout.meter": pick(
+            rng, None, Meter(rng), Meter(rng), real_meter(rng, meter.StreamMeter), real_meter(rng, meter.PyStreamMeter)
+        ),
+        "turnout.error": pick(rng, None, "timeout", ""),
+        "turnout.usage": (rng.randint(0, 9), rng.randint(0, 9), None),
+        "turnout.deltas": rng.randint(0, 40),
+        "turnout.status": pick(rng, 200, 502, 200.0),
+        "turnout.ctx": context(rng),
+    }
+    for key in list(values):
+        if rng.random() < 0.15 if key in ("turnout.t0", "turnout.wall") else rng.random() < 0.3:
+            del values[key]
+    kind = rng.random()
+    return values if kind < 0.8 else Scope(values) if kind < 0.9 else types.MappingProxyType(values)
+
+
+@needs_c
+def test_the_compiled_take_agrees_with_the_python_one() -> None:
+    """record.take reads what a finished request left in its scope into one tuple of build_record's inputs;
+    the C function must append the same tuple (compared by repr) or raise what Python raises."""
+    assert record._record is not None and record.take is record._record.take
+    rng = random.Random(2026120701)
+    raised = 0
+    for _ in range(5_000):
+        where = scope(rng)
+        endpoint, request_id = pick(rng, "chat", "route"), f"{rng.getrandbits(128):032x}"
+        now = pick(rng, 1000.5, 1001, rng.random() * 1e4)
+        results = []
+        for fn in (record._take, record.take):
+            pending: list[tuple[Any, ...]] = [("earlier",)]
+            results.append((outcome(fn, where, endpoint, request_id, now, pending), repr(pending)))
+        assert results[0] == results[1], where
+        raised += results[0][0].startswith("raises")
+    assert 500 < raised < 2_500, raised
+    with pytest.raises(TypeError):
+        record.take({}, "chat", "r", 1.0, ())  # type: ignore[arg-type]
 
 
 def records(rng: random.Random, n: int) -> list[RequestRecord]:

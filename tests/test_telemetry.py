@@ -42,7 +42,7 @@ class Collect:
 
 def collecting(gw: GatewayThread) -> Collect:
     sink = Collect()
-    gw.app.telemetry.sinks.append(sink)
+    gw.app.telemetry.add(sink)
     return sink
 
 

@@ -31,7 +31,7 @@ from turnout.gateway import Gateway
 from turnout.proxy import JsonReply, StreamReply, UsageFilter, stream_error_event
 from turnout.readiness import Readiness
 from turnout.telemetry import build_telemetry
-from turnout.telemetry.meter import NO_USAGE, completion_chars, usage_of
+from turnout.telemetry.meter import completion_chars, usage_of
 from turnout.telemetry.record import error_kind
 from turnout.types import RequestContext, Upstream
 from turnout.upstreams import build_upstream
@@ -320,26 +320,10 @@ class App:
             await self._dispatch(scope, receive, send, methods, request_id)
         finally:
             endpoint = scope.get("turnout.endpoint")
-            if endpoint is not None:
-                self._record(scope, endpoint, request_id)
-
-    def _record(self, scope: Scope, endpoint: str, request_id: str) -> None:
-        telemetry = self.telemetry
-        if not telemetry.enabled:
-            return  # telemetry off: no record at all
-        latency_ms = (time.perf_counter() - scope["turnout.t0"]) * 1000
-        meter = scope.get("turnout.meter")
-        error = scope.get("turnout.error")
-        if meter is None:
-            usage, ttft, deltas = scope.get("turnout.usage", NO_USAGE), None, scope.get("turnout.deltas", 0)
-        else:
-            usage, ttft, deltas = meter.usage(), meter.ttft_ms, meter.deltas
-            error = error or meter.error
-        status = scope.get("turnout.status", 500)
-        ctx = scope.get("turnout.ctx")
-        # build_record's arguments: the record is built later, in a batch (Telemetry.flush)
-        wall = scope["turnout.wall"]
-        telemetry.submit((request_id, wall, endpoint, status, latency_ms, ctx, error, usage, ttft, deltas))
+            if endpoint is not None and self.telemetry.enabled:  # off: no record at all
+                # what the request left in its scope is read in one call (record.take), the record
+                # built later, in a batch (Telemetry.flush)
+                self.telemetry.record(scope, endpoint, request_id)
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, methods: dict[str, Handler] | None, request_id: str

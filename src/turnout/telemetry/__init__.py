@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
+from itertools import starmap
+from time import perf_counter
 from typing import Any, Protocol
 
 from turnout.config import Settings
-from turnout.telemetry.record import CTX, record_builder
+from turnout.telemetry.record import CTX, record_builder, take
 from turnout.types import RequestRecord, Sink, StreamCount
 
 log = logging.getLogger("turnout")
@@ -38,9 +40,12 @@ class Telemetry:
         build: Callable[..., RequestRecord] | None = None,
         delay_s: float = DELAY_S,
     ) -> None:
-        self.sinks = list(sinks)
+        self.sinks = list(sinks)  # add a sink with `add`, which keeps `enabled` right
         self.delay_s = delay_s
         self.review = review  # the opt-in prompt review log; None unless configured
+        # Whether anything receives records: with no sink and no review log, no record is built. An
+        # attribute, not a property: the request path reads it twice per request.
+        self.enabled = bool(self.sinks) or review is not None
         self.build = build  # Inputs -> RequestRecord; set by build_telemetry
         self._broken: set[int] = set()
         self._pending: list[Inputs] = []
@@ -52,10 +57,9 @@ class Telemetry:
             if isinstance(getattr(sink, "streams", None), StreamCount):
                 sink.streams = self.streams  # type: ignore[attr-defined]
 
-    @property
-    def enabled(self) -> bool:
-        """Whether anything receives records: with no sink and no review log, no record is built."""
-        return bool(self.sinks) or self.review is not None
+    def add(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+        self.enabled = True
 
     def exposition(self) -> tuple[bytes, str] | None:
         """The Prometheus text page, or None when metrics are off. Records still waiting are counted first."""
@@ -67,17 +71,28 @@ class Telemetry:
                 return out
         return None
 
-    def submit(self, inputs: Inputs) -> None:
-        """Queue a finished request's record inputs (the hot path: a list append, sometimes a timer)."""
-        pending = self._pending
-        pending.append(inputs)
-        if len(pending) >= BATCH:
+    def record(self, scope: MutableMapping[str, Any], endpoint: str, request_id: str) -> None:
+        """Queue a finished request's record inputs, read from its ASGI scope (record.take: the hot path,
+        one C call where it was built, and sometimes a timer)."""
+        if take(scope, endpoint, request_id, perf_counter(), self._pending) >= BATCH:
             self.flush()
         elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
-            except RuntimeError:  # no loop (a synchronous caller): hand the record over now
-                self.flush()
+            self._arm()
+
+    def submit(self, inputs: Inputs) -> None:
+        """Queue a finished request's record inputs, given as they are."""
+        self._pending.append(inputs)
+        if len(self._pending) >= BATCH:
+            self.flush()
+        elif self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Flush `delay_s` from now."""
+        try:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
+        except RuntimeError:  # no loop (a synchronous caller): hand the records over now
+            self.flush()
 
     def _flush_later(self) -> None:
         self._timer = None
@@ -93,12 +108,15 @@ class Telemetry:
             return
         build = self.build
         assert build is not None, "Telemetry.build is not set"
-        records: list[RequestRecord] = []
-        for inputs in pending:
-            try:
-                records.append(build(*inputs))
-            except Exception:
-                log.exception("telemetry: building a request record failed")
+        try:
+            records = list(starmap(build, pending))  # no bytecode per record
+        except Exception:  # one at a time, so one bad record costs only itself
+            records = []
+            for inputs in pending:
+                try:
+                    records.append(build(*inputs))
+                except Exception:
+                    log.exception("telemetry: building a request record failed")
         self.emit_many(records)
         review = self.review
         if review is not None:

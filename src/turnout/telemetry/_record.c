@@ -843,6 +843,118 @@ done:
     return out;
 }
 
+/* --- a finished request's inputs, read from its ASGI scope --------------------------------------- */
+
+static PyObject *no_usage, *zero, *five_hundred, *thousand; /* meter.NO_USAGE, and the defaults below */
+static PyObject *k_t0, *k_meter, *k_error, *k_usage, *k_deltas, *k_status, *k_ctx, *k_wall; /* scope keys */
+static PyObject *a_usage, *a_ttft, *a_deltas, *a_error; /* a stream meter's attributes */
+
+/* scope.get(key, missing) as a new reference; NULL with an error set. */
+static PyObject *scope_get(PyObject *scope, PyObject *key, PyObject *missing) {
+    PyObject *v = PyDict_GetItemWithError(scope, key);
+    if (v == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        v = missing;
+    }
+    return Py_NewRef(v);
+}
+
+/* scope[key] as a new reference; NULL with KeyError set when it is missing. */
+static PyObject *scope_item(PyObject *scope, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(scope, key);
+    if (v == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+/* take(scope, endpoint, request_id, now, pending) -> int: record._take in C (which gets any scope that is
+ * not a dict). A finished request's record
+ * inputs (build_record's arguments) read from its ASGI scope, appended to `pending` as one tuple; returns
+ * how many wait there. In Python this and its caller cost ~95 bytecodes per request on the event loop. */
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5 || !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "take(scope, endpoint, request_id, now, pending: list)");
+        return NULL;
+    }
+    if (!PyDict_Check(args[0])) { /* ASGI servers pass a dict; any other mapping goes to record._take */
+        PyObject *module = PyImport_ImportModule("turnout.telemetry.record");
+        PyObject *reference = module == NULL ? NULL : PyObject_GetAttrString(module, "_take");
+        Py_XDECREF(module);
+        PyObject *out = reference == NULL ? NULL : PyObject_Vectorcall(reference, args, 5, NULL);
+        Py_XDECREF(reference);
+        return out;
+    }
+    PyObject *scope = args[0], *now = args[3], *pending = args[4];
+    /* the tuple's values, in build_record's order */
+    enum { ID, WALL, ENDPOINT, STATUS, LATENCY, CTX, ERROR, USAGE, TTFT, DELTAS, N };
+    PyObject *v[N] = {NULL}, *meter = NULL, *out = NULL;
+    PyObject *t0 = scope_item(scope, k_t0);
+    if (t0 == NULL) goto done;
+    if (PyFloat_CheckExact(now) && PyFloat_CheckExact(t0)) {
+        v[LATENCY] = PyFloat_FromDouble((PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(t0)) * 1000.0);
+    } else {
+        PyObject *elapsed = PyNumber_Subtract(now, t0);
+        v[LATENCY] = elapsed == NULL ? NULL : PyNumber_Multiply(elapsed, thousand);
+        Py_XDECREF(elapsed);
+    }
+    Py_DECREF(t0);
+    if (v[LATENCY] == NULL || (meter = scope_get(scope, k_meter, Py_None)) == NULL ||
+        (v[ERROR] = scope_get(scope, k_error, Py_None)) == NULL)
+        goto done;
+    if (meter == Py_None) {
+        if ((v[USAGE] = scope_get(scope, k_usage, no_usage)) == NULL) goto done;
+        v[TTFT] = Py_NewRef(Py_None);
+        if ((v[DELTAS] = scope_get(scope, k_deltas, zero)) == NULL) goto done;
+    } else {
+        if ((v[USAGE] = PyObject_CallMethodNoArgs(meter, a_usage)) == NULL ||
+            (v[TTFT] = PyObject_GetAttr(meter, a_ttft)) == NULL || (v[DELTAS] = PyObject_GetAttr(meter, a_deltas)) == NULL)
+            goto done;
+        int set = PyObject_IsTrue(v[ERROR]); /* error or meter.error */
+        if (set < 0) goto done;
+        if (!set) {
+            PyObject *error = PyObject_GetAttr(meter, a_error);
+            if (error == NULL) goto done;
+            Py_SETREF(v[ERROR], error);
+        }
+    }
+    if ((v[STATUS] = scope_get(scope, k_status, five_hundred)) == NULL ||
+        (v[CTX] = scope_get(scope, k_ctx, Py_None)) == NULL || (v[WALL] = scope_item(scope, k_wall)) == NULL)
+        goto done;
+    v[ID] = Py_NewRef(args[2]);
+    v[ENDPOINT] = Py_NewRef(args[1]);
+    PyObject *inputs = PyTuple_New(N);
+    if (inputs == NULL) goto done;
+    for (int i = 0; i < N; i++) {
+        PyTuple_SET_ITEM(inputs, i, v[i]); /* the tuple takes each reference */
+        v[i] = NULL;
+    }
+    if (PyList_Append(pending, inputs) == 0) out = PyLong_FromSsize_t(PyList_GET_SIZE(pending));
+    Py_DECREF(inputs);
+done:
+    for (int i = 0; i < N; i++) Py_XDECREF(v[i]);
+    Py_XDECREF(meter);
+    return out;
+}
+
+/* The names and defaults `take` uses: interned once, at import. */
+static int take_names(void) {
+    static const char *const names[] = {"turnout.t0", "turnout.meter", "turnout.error", "turnout.usage",
+                                        "turnout.deltas", "turnout.status", "turnout.ctx", "turnout.wall",
+                                        "usage", "ttft_ms", "deltas", "error"};
+    PyObject **slots[] = {&k_t0, &k_meter, &k_error, &k_usage, &k_deltas, &k_status, &k_ctx, &k_wall,
+                          &a_usage, &a_ttft, &a_deltas, &a_error};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL) return -1;
+    no_usage = PyTuple_Pack(3, Py_None, Py_None, Py_None);
+    zero = PyLong_FromLong(0);
+    five_hundred = PyLong_FromLong(500);
+    thousand = PyLong_FromLong(1000);
+    return no_usage != NULL && zero != NULL && five_hundred != NULL && thousand != NULL ? 0 : -1;
+}
+
 static PyMethodDef methods[] = {
     {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL,
      "prepare(RequestRecord, RequestContext, Decision, Target, cache_default, estimate_prompt_tokens)."},
@@ -850,6 +962,8 @@ static PyMethodDef methods[] = {
      "docs(batch, start, end, dumps, option) -> (today's flat ts and docs, other days' pairs, bad indices)."},
     {"prepare_rows", (PyCFunction)(void (*)(void))prepare_rows, METH_FASTCALL,
      "prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)."},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
+     "take(scope, endpoint, request_id, now, pending) -> int: record._take in C."},
     {"audit_row", (PyCFunction)audit_row, METH_O, "audit_row(record) -> list: audit._audit_row in C."},
     {"prepare_metrics", (PyCFunction)(void (*)(void))prepare_metrics, METH_FASTCALL,
      "prepare_metrics(_signature, _VERDICT, OTHER, Columns)."},
@@ -869,7 +983,7 @@ PyMODINIT_FUNC PyInit__record(void) {
     if (PyType_Ready(&BuilderType) < 0) return NULL;
     if (chat == NULL && ((chat = PyUnicode_InternFromString("chat")) == NULL ||
                          (messages_key = PyUnicode_InternFromString("messages")) == NULL ||
-                         (content_key = PyUnicode_InternFromString("content")) == NULL))
+                         (content_key = PyUnicode_InternFromString("content")) == NULL || take_names() < 0))
         return NULL;
     PyObject *m = PyModule_Create(&record_module);
     if (m == NULL) return NULL;

@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from turnout.types import RequestRecord
@@ -19,6 +19,9 @@ def prepare_rows(
     own_reasons: frozenset[str],
     reason_chars: int,
 ) -> None: ...
+def take(
+    scope: MutableMapping[str, Any], endpoint: str, request_id: str, now: float, pending: list[tuple[Any, ...]]
+) -> int: ...
 def audit_row(record: RequestRecord) -> list[Any]: ...
 def prepare_metrics(
     signature: Callable[..., tuple[Any, ...]], verdict: Callable[[Any], Any], other: str, columns: type

@@ -801,7 +801,7 @@ class AuditSink(BackgroundWriter[list[Any]]):
 
     def emit_many(self, records: list[RequestRecord]) -> None:
         """`emit` for a batch (telemetry.Telemetry.emit_many): one queue hand-over for all of it."""
-        self.put_many([audit_row(r) for r in records])
+        self.put_many(list(map(audit_row, records)))
 
     def opened(self, conn: sqlite3.Connection) -> None:
         self._days = set(day_tables(conn)[1])

@@ -32,6 +32,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -404,15 +405,21 @@ class MetricsSink:
         grouped by signature, and each group is counted at once, its labels and reason code worked out
         once and its histogram values bucketed in one loop. Every count is worked out before any is
         added, so a batch is counted whole or not at all (a record that cannot be counted raises first)."""
-        models = self._models
-        groups: dict[Signature, list[RequestRecord]] = {}
-        for r in records:
-            key = signature(r, models)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [r]
-            else:
-                group.append(r)
+        if not records:
+            return
+        keys = list(map(signature, records, repeat(self._models)))
+        first = keys[0]
+        groups: dict[Signature, list[RequestRecord]]
+        if keys.count(first) == len(keys):  # the usual batch: one signature, grouped without bytecode per record
+            groups = {first: records}
+        else:
+            groups = {}
+            for key, r in zip(keys, records, strict=True):
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [r]
+                else:
+                    group.append(r)
         out = Counts([], [])
         for key, group in groups.items():
             self._count(key, group, out)
