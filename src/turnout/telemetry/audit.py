@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
+from itertools import repeat, starmap
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
@@ -564,7 +565,7 @@ class BackgroundWriter(Generic[T]):
     def _drain(self, conn: sqlite3.Connection) -> None:
         q = self._queue
         while q:
-            batch = [q.popleft() for _ in range(min(len(q), BATCH))]
+            batch = list(starmap(q.popleft, repeat((), min(len(q), BATCH))))  # no bytecode per row
             try:
                 stored = self.write(conn, batch)
             except Exception as exc:
