@@ -19,7 +19,14 @@ model is `lite` (an explicit route).
 
 A process's own memory layout can shift its CPU per request by 5-10 % for as long as it runs (two `bare`
 servers of the same build differed by that much over 50 rounds on the EPYC VM), which more rounds do not
-average out: `--blocks N` splits the rounds over N fresh sets of servers.
+average out: `--blocks N` splits the rounds over N fresh sets of servers, and with more than one block
+the end of the output gives each config's mean ratio to `bare` over blocks with a 95 % interval.
+
+Rounds of one config on the EPYC VM range over 2x (0.14-0.35 ms per stream in one run): something the
+VM shares (a neighbour on the same physical core, say) slows everything for seconds at a time, and a
+burst that falls into such a moment skews its round's ratio. `--together` loads every config at once
+for `--seconds` per round, each gateway from a load generator of its own (all of them on the bench cpus,
+the gateways sharing theirs): every config then runs through the same moments.
 """
 
 from __future__ import annotations
@@ -138,18 +145,51 @@ def start_servers(
     return servers
 
 
-def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float, float]:
-    """(requests answered, gateway CPU ns, latency p50 ms, latency p99 ms) for one burst of n requests."""
-    cmd = [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{port}", "--model", a.model,
-           "-c", str(a.conc), "-n", str(n), "-d", "60"] + ["--stream"] * a.stream  # fmt: skip
-    c0 = task_cpu_ns(pid)
-    out = subprocess.run(["taskset", "-c", a.bench_cpus, *cmd], capture_output=True, text=True, check=True).stdout
-    c1 = task_cpu_ns(pid)
+def loadgen(a: argparse.Namespace, port: int, n: int, seconds: float = 60) -> list[str]:
+    """gatebench's load generator against one gateway: n requests or `seconds`, whichever ends first."""
+    return [a.python, os.path.join(a.gatebench, "loadgen.py"), f"http://127.0.0.1:{port}", "--model", a.model,
+            "-c", str(a.conc), "-n", str(n), "-d", str(seconds)] + ["--stream"] * a.stream  # fmt: skip
+
+
+def result(out: str, port: int) -> tuple[int, float, float]:
+    """(requests answered, latency p50 ms, p99 ms) from loadgen's output; errors raise."""
     line = next(x for x in out.splitlines() if x.startswith("GATEBENCH "))
     r = json.loads(line[10:])
     if r.get("errors"):
         raise RuntimeError(f"errors in a burst on :{port}: {r['errors']}")
-    return r["requests"], c1 - c0, r["lat_ms"]["p50"], r["lat_ms"]["p99"]
+    return r["requests"], r["lat_ms"]["p50"], r["lat_ms"]["p99"]
+
+
+def burst(a: argparse.Namespace, port: int, pid: int, n: int) -> tuple[int, int, float, float]:
+    """(requests answered, gateway CPU ns, latency p50 ms, latency p99 ms) for one burst of n requests."""
+    c0 = task_cpu_ns(pid)
+    cmd = ["taskset", "-c", a.bench_cpus, *loadgen(a, port, n)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    c1 = task_cpu_ns(pid)
+    done, p50, p99 = result(out, port)
+    return done, c1 - c0, p50, p99
+
+
+def together(
+    a: argparse.Namespace, servers: dict[str, tuple[int, int, subprocess.Popen[bytes]]]
+) -> dict[str, tuple[int, int, float, float]]:
+    """`--together`: every gateway loaded at once for `--seconds`, each by a load generator of its own, so
+    that all of them run through the same moments of the VM (a busy neighbour, a frequency step): name ->
+    burst's tuple."""
+    c0 = {name: task_cpu_ns(pid) for name, (_, pid, _) in servers.items()}
+    procs = {}
+    for name, (port, _, _) in servers.items():
+        cmd = ["taskset", "-c", a.bench_cpus, *loadgen(a, port, 10**9, a.seconds)]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    outs = {name: p.communicate()[0] for name, p in procs.items()}
+    c1 = {name: task_cpu_ns(pid) for name, (_, pid, _) in servers.items()}
+    out = {}
+    for name, (port, _, _) in servers.items():
+        if procs[name].returncode:
+            raise RuntimeError(f"the load generator for :{port} failed")
+        done, p50, p99 = result(outs[name], port)
+        out[name] = (done, c1[name] - c0[name], p50, p99)
+    return out
 
 
 # Student's t, two-sided 95 %, by degrees of freedom (1-30); beyond 30 the normal 1.96 is close enough.
@@ -187,6 +227,9 @@ def main() -> None:
                     "one interleaved run")  # fmt: skip
     ap.add_argument("--gatebench", default=os.path.join(os.path.dirname(REPO), "shared", "gatebench"))
     ap.add_argument("--python", default=sys.executable, help="python with httptools/uvloop (gatebench's)")
+    ap.add_argument("--together", action="store_true", help="load every config at once in each round (for "
+                    "--seconds), not one after the other: see the module's docstring")  # fmt: skip
+    ap.add_argument("--seconds", type=float, default=2.0, help="a round's length with --together")
     ap.add_argument("--gw-cpus", default="0")
     ap.add_argument("--bench-cpus", default="1")
     a = ap.parse_args()
@@ -212,9 +255,12 @@ def main() -> None:
             try:
                 for _ in range(a.rounds // a.blocks + (block < a.rounds % a.blocks)):
                     order = names[r % len(names) :] + names[: r % len(names)]
-                    for name in order:
-                        port, pid = servers[name][:2]
-                        done, ns, lat, tail = burst(a, port, pid, a.requests)
+                    if a.together:
+                        measured = together(a, servers)
+                    else:
+                        measured = {name: burst(a, *servers[name][:2], a.requests) for name in order}
+                    for name in names:
+                        done, ns, lat, tail = measured[name]
                         cpu[name].append(ns / 1e6 / done)
                         p50[name].append(lat)
                         p99[name].append(tail)
@@ -230,7 +276,8 @@ def main() -> None:
         stop(up)
         log.close()
     kind = "SSE (16 chunks)" if a.stream else "JSON"
-    print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {a.requests} requests per config")
+    each = f"{a.seconds:g} s, every config at once" if a.together else f"{a.requests} requests per config"
+    print(f"\n{kind}, model `{a.model}`, c={a.conc}, {a.rounds} rounds of {each}")
     print(f"{'config':<8} {'ms/req (all)':>13} {'median':>8} {'vs bare (all)':>14} {'median of round ratios':>23} "
           f"{'latency p50 ms':>15} {'p99 ms':>7}")  # fmt: skip
     base_all = totals["bare"][1] / 1e6 / totals["bare"][0]
