@@ -367,6 +367,28 @@ def test_unknown_values_collapse_to_other_and_free_text_never_becomes_a_label() 
         assert text not in p.text
 
 
+def test_a_batch_counts_as_its_records_one_by_one_with_one_signature_or_several() -> None:
+    """The usual batch has one signature (grouped at once, without a loop); a mixed one is grouped record
+    by record. Either way every request series reads as if the records had come one at a time."""
+    for mixed in (False, True):
+        records = [
+            RequestRecord(f"s{i}", 0.0, "chat", 502 if mixed and i % 3 == 0 else 200, route="lite",
+                          model="lite-model", stream=True, latency_ms=10.0 * i, ttft_ms=1.0, completion_tokens=5,
+                          prompt_tokens=3, error="upstream_5xx" if mixed and i % 3 == 0 else None)
+            for i in range(9)
+        ]  # fmt: skip
+        batched, single = sink(), sink()
+        batched.emit_many(records)
+        for r in records:
+            single.emit_many([r])
+        a, b = page_of(batched), page_of(single)
+        requests = {k: v for k, v in a.series.items() if k[0].startswith(("turnout_requests", "turnout_time_"))}
+        assert len(requests) > 10
+        assert requests == pytest.approx({k: b.series[k] for k in requests})
+        assert a.get("turnout_requests_total", endpoint="chat", router="none", route="lite", model="lite-model",
+                     status="200") == (6 if mixed else 9)  # fmt: skip
+
+
 def test_a_batch_is_counted_per_signature_and_whole_or_not_at_all() -> None:
     """`emit_many` groups a batch by signature and counts each group at once: a flood of distinct error
     codes is counted in full and bounded to `other`; a record that cannot be counted fails the batch before

@@ -1,7 +1,7 @@
 """Telemetry: one RequestRecord per finished request, fanned out to sinks that never feed back.
 
-The request path only queues what the record is made of (`submit`, when the response is complete; for
-a stream, when it closes). Records are built and handed to the sinks in batches (`flush`): when BATCH
+The request path only queues what the record is made of (`record`, when the response is complete; for
+a stream, when it closes: one C call, record.take, reads it from the request's ASGI scope). Records are built and handed to the sinks in batches (`flush`): when BATCH
 requests wait, `telemetry.batch_delay_s` (DELAY_S by default) after the first of them, before `/metrics`
 is rendered and at shutdown. Done one request at a time, between the parsing and proxying of other
 requests, the same work cost about twice as much CPU as in a batch, where its code and data stay in the
@@ -58,6 +58,7 @@ class Telemetry:
                 sink.streams = self.streams  # type: ignore[attr-defined]
 
     def add(self, sink: Sink) -> None:
+        """One more sink (tests add theirs to a running gateway's telemetry)."""
         self.sinks.append(sink)
         self.enabled = True
 
