@@ -109,8 +109,11 @@ def test_the_compiled_delta_count_agrees_with_bytes_count() -> None:
     if not meter.COMPILED:
         pytest.skip("turnout.telemetry._usage was not built")
     rng = random.Random(5)
-    needles = [b'"delta":{"', b'"delta": {"', b"aa", b"a", b"", b'"', b"\x00"]
-    for body in bodies(rng, 5_000) + [b"aaaa" * rng.randint(0, 9) for _ in range(50)]:
+    # needles with a `{` after their first byte are searched 16 positions a step (`:{`); those that overlap
+    # themselves (`a{a` in `a{a{a`) check that no two counted occurrences overlap there either
+    needles = [b'"delta":{"', b'"delta": {"', b"aa", b"a", b"", b'"', b"\x00", b"a{a", b"a{a{a", b":{", b"x{"]
+    repeats = [b"aaaa" * rng.randint(0, 9) for _ in range(50)] + [b"a{" * rng.randint(0, 60) + b"a" for _ in range(50)]
+    for body in bodies(rng, 5_000) + repeats:
         for needle in needles + [body[i : i + rng.randint(0, 12)] for i in range(0, len(body), 37)]:
             assert meter.count_deltas(body, needle) == body.count(needle), (body, needle)
     for bad in [(b"a",), (b"a", "a"), (bytearray(b"a"), b"a"), (b"a", b"a", b"a")]:
