@@ -869,10 +869,10 @@ static PyObject *scope_item(PyObject *scope, PyObject *key) {
     return Py_NewRef(v);
 }
 
-/* take(scope, endpoint, request_id, now, pending) -> int: record._take in C (which gets any scope that is
- * not a dict). A finished request's record
+/* take(scope, endpoint, request_id, now, pending) -> int: record._take in C. A finished request's record
  * inputs (build_record's arguments) read from its ASGI scope, appended to `pending` as one tuple; returns
- * how many wait there. In Python this and its caller cost ~95 bytecodes per request on the event loop. */
+ * how many wait there. A dict (a subclass too) is read with the dict's own lookups; any other mapping goes
+ * to record._take. In Python this and its caller cost ~95 bytecodes per request on the event loop. */
 static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 5 || !PyList_Check(args[4])) {
@@ -910,7 +910,8 @@ static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if ((v[DELTAS] = scope_get(scope, k_deltas, zero)) == NULL) goto done;
     } else {
         if ((v[USAGE] = PyObject_CallMethodNoArgs(meter, a_usage)) == NULL ||
-            (v[TTFT] = PyObject_GetAttr(meter, a_ttft)) == NULL || (v[DELTAS] = PyObject_GetAttr(meter, a_deltas)) == NULL)
+            (v[TTFT] = PyObject_GetAttr(meter, a_ttft)) == NULL ||
+            (v[DELTAS] = PyObject_GetAttr(meter, a_deltas)) == NULL)
             goto done;
         int set = PyObject_IsTrue(v[ERROR]); /* error or meter.error */
         if (set < 0) goto done;
