@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from turnout import proxy
 from turnout.telemetry import meter
 
 PIECES = [
@@ -91,6 +92,8 @@ sys.modules["turnout.telemetry._usage"] = None  # as if it had not been built
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, meter
 assert not meter.COMPILED and meter.usage_of is meter._usage_of and meter.StreamMeter is meter.PyStreamMeter
+from turnout import proxy
+assert proxy.strip_usage is proxy._strip_usage
 print(meter.usage_of(b'{"usage":{"prompt_tokens":8,"completion_tokens":7}}'))
 class Quiet:  # a sink that does nothing: telemetry is on
     async def start(self): pass
@@ -193,3 +196,44 @@ def test_the_compiled_stream_meter_checks_its_arguments() -> None:
     assert bare.usage() == (None, None, None) and bare.deltas == 0 and bare.ttft_ms is None
     bare.see(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
     assert bare.deltas == 1 and bare.first_content is not None
+
+
+SSE_PIECES = [
+    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+    b'data: {"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}\n\n',
+    b'data: {"id": "x", "choices": [], "usage": {"prompt_tokens": 8}}\r\n\r\n',
+    b'data: {"id":"x","choices":[]}\n\n',  # an empty choice list without usage: kept
+    b'data: {"choices":[],"x":1}\r\n\r\ndata: {"usage":{}}\n\n',  # usage in the event after
+    b"data: [DONE]\n\n",
+    b"[]",
+    b'"usage"',
+    b"\r\n\r\n",
+    b"\n\n",
+    b"\r\n",
+    b'"choices": []',
+    b'"choices":[]',
+    b"data: ",
+    b"x" * 40,
+    b"\n",
+]
+
+
+def test_the_compiled_usage_stripping_agrees_with_the_python_one() -> None:
+    """proxy.strip_usage (C) takes the usage events out of whole SSE events exactly as proxy._strip_usage
+    does, for any bytes: generated from SSE events, separators and the needles it looks for, in any order
+    and cut anywhere."""
+    if not meter.COMPILED:
+        pytest.skip("turnout.telemetry._usage was not built")
+    assert proxy.strip_usage is not proxy._strip_usage
+    rng = random.Random(20261207)
+    removed = 0
+    for _ in range(20_000):
+        data = b"".join(rng.choice(SSE_PIECES) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.3:
+            data = data[rng.randint(0, len(data)) :][: rng.randint(0, len(data))]
+        expected = proxy._strip_usage(data)
+        assert proxy.strip_usage(data) == expected, data
+        removed += len(expected) < len(data)
+    assert removed > 5_000, removed
+    with pytest.raises(TypeError):
+        proxy.strip_usage(bytearray(b"[]"))  # type: ignore[arg-type]

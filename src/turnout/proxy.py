@@ -112,10 +112,17 @@ class UsageFilter:
                 self.rest = data
                 return b""
             whole, self.rest = (data, b"") if end == len(data) else (data[:end], data[end:])
-        first = whole.find(b"[]")  # one scan: the usage event has `"choices":[]` (or `"choices": []`)
-        if first < 0:
-            return whole
-        return _without_usage(whole, max(first - 12, 0))
+        return strip_usage(whole)
+
+
+def _strip_usage(whole: bytes) -> bytes:
+    """`whole` (whole events) without its usage events. The reference for `strip_usage` in C (_usage.c),
+    which runs where it was built: bytes.find scans a short needle at ~1 ns a byte, ~7 us here per 3 KB
+    stream in one chunk."""
+    first = whole.find(b"[]")  # one scan: the usage event has `"choices":[]` (or `"choices": []`)
+    if first < 0:
+        return whole
+    return _without_usage(whole, max(first - 12, 0))
 
 
 def _without_usage(whole: bytes, look: int) -> bytes:
@@ -140,6 +147,13 @@ def _without_usage(whole: bytes, look: int) -> bytes:
         start = look = end
     out.append(whole[start:])
     return b"".join(out)
+
+
+strip_usage: Callable[[bytes], bytes]
+try:
+    from turnout.telemetry._usage import strip_usage
+except ImportError:  # not built (no C compiler at install)
+    strip_usage = _strip_usage
 
 
 @dataclass(slots=True)
