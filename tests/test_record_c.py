@@ -182,40 +182,64 @@ def test_the_compiled_audit_row_agrees_with_the_python_one() -> None:
 
 
 @needs_c
-def test_the_compiled_writer_serialization_agrees_with_the_python_one() -> None:
-    """audit.docs (C) against audit._docs on batches of real rows (from generated records) mixed with rows
-    orjson cannot write (a key that is not a str, an int past 64 bits), text that is not ASCII, objects
-    only `default=str` can write, and times of other days, of other types and NaN: the same flat list,
-    pairs and bad indices, compared by `repr`."""
+def test_the_compiled_audit_serialization_agrees_with_the_python_one() -> None:
+    """audit.docs (C) against audit._docs on batches of real records (from generated inputs) with fields
+    orjson cannot write (a key that is not a str, an int past 64 bits), text that is not ASCII, objects only
+    `default=str` can write, times of other types and NaN, and objects that are no record: the same pairs
+    and bad indices, or the same exception, compared by `repr`."""
     rng = random.Random(11)
     c_build = record.record_builder(MODELS)
     day = 1796601600.0  # a UTC midnight
     numpy = orjson.OPT_SERIALIZE_NUMPY
-    bad = good = 0
+    fields = [f for f in RequestRecord.__dataclass_fields__ if f != "started_at"]
+    bad = good = raised = 0
     for _ in range(400):
-        batch = []
+        batch: list[Any] = []
         for _ in range(rng.randint(0, 40)):
             try:
-                row = audit.audit_row(c_build(*inputs(rng)))
+                r = c_build(*inputs(rng))
             except Exception:
                 continue
             if odd(rng):
-                row[rng.randrange(1, len(row))] = pick(rng, {1: "x"}, 2**70, "你好", object(), [float("nan")], None)
+                odd_value = pick(rng, {1: "x"}, 2**70, "你好", object(), [float("nan")], None)
+                setattr(r, rng.choice(fields), odd_value)
             if odd(rng):
-                row[0] = pick(rng, day - 1.0, day, day + DAY, day + DAY - 1e-6, 1796601700, float("nan"), True)
-            batch.append(row)
-        start, end = pick(rng, (day, day + DAY), (0.0, 0.0), (day, day))
-        c_out, py_out = (
-            audit.docs(batch, start, end, orjson.dumps, numpy),
-            audit._docs(batch, start, end, orjson.dumps, numpy),
-        )
+                r.started_at = pick(rng, day - 1.0, day, day + DAY - 1e-6, 1796601700, float("nan"), True)
+            batch.append(r)
+        if odd(rng) and odd(rng):
+            batch.insert(rng.randint(0, len(batch)), pick(rng, object(), None, [1.0, "x"]))
         # an `object()` is written as its str (its address), the same in both
-        assert repr(c_out) == repr(py_out), batch
-        bad += len(py_out[2])
-        good += len(py_out[0]) // 2 + len(py_out[1])
-    assert bad > 50 and good > 3_000
+        said = outcome(audit._docs, batch, orjson.dumps, numpy)
+        assert outcome(audit.docs, batch, orjson.dumps, numpy) == said, batch
+        if said.startswith("raises"):
+            raised += 1
+        else:
+            pairs, indices = audit._docs(batch, orjson.dumps, numpy)
+            good, bad = good + len(pairs), bad + len(indices)
+    assert bad > 50 and good > 3_000 and raised > 10
+
+    def refuse(values: list[Any], **kw: Any) -> bytes:  # an error other than TypeError is not a bad row
+        raise ValueError("not a bad row")
+
+    one = [RequestRecord("r", day + 1.0, "chat", 200, route="lite", latency_ms=1.0)]
+    assert outcome(audit.docs, one, refuse, 0) == outcome(audit._docs, one, refuse, 0) == "raises ValueError"
     with pytest.raises(TypeError):
-        audit.docs([(1.0, "x")], 0.0, 1.0, orjson.dumps, numpy)  # type: ignore[list-item]
+        audit.docs((), orjson.dumps, numpy)  # type: ignore[arg-type]
+
+
+@needs_c
+def test_the_compiled_split_by_day_agrees_with_the_python_one() -> None:
+    """audit.split (C) against audit._split: (ts, doc) pairs of times in, before and after a day, ints, NaN and
+    True, against bounds of floats, ints and an empty day."""
+    rng = random.Random(12)
+    day = 1796601600.0
+    for _ in range(2_000):
+        pairs = [(pick(rng, day - 1.0, day, day + 5.5, day + DAY, day + DAY - 1e-6, 1796601700, float("nan"), True),
+                  f"[{i}]") for i in range(rng.randint(0, 12))]  # fmt: skip
+        start, end = pick(rng, (day, day + DAY), (0.0, 0.0), (int(day), int(day + DAY)), (day, day))
+        assert repr(audit.split(pairs, start, end)) == repr(audit._split(pairs, start, end))
+    with pytest.raises(TypeError):
+        audit.split([(1.0, "x", 2)], 0.0, 2.0)  # type: ignore[list-item]
 
 
 @needs_c
@@ -249,6 +273,7 @@ sys.modules["turnout.telemetry._record"] = None  # as if it had not been built
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, audit, record
 assert not record.COMPILED and audit.audit_row is audit._audit_row and audit.docs is audit._docs
+assert audit.split is audit._split
 assert record.take is record._take
 assert isinstance(record.record_builder({}), functools.partial)
 class Quiet:

@@ -450,19 +450,20 @@ static const int COLUMNS[] = {
 };
 #define N_COLUMNS ((Py_ssize_t)(sizeof COLUMNS / sizeof COLUMNS[0]))
 
-static PyObject *audit_row(PyObject *self, PyObject *record) {
-    if (row_fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "prepare_rows() was not called");
-        return NULL;
-    }
-    if (record_type == NULL || !Py_IS_TYPE(record, record_type)) return PyObject_CallOneArg(row_fallback, record);
+/* Whether `record` is a RequestRecord with every field set and a float time: one whose row is read here. */
+static int readable(PyObject *record) {
+    if (record_type == NULL || !Py_IS_TYPE(record, record_type)) return 0;
     for (int i = 0; i < R_N; i++)
-        if (SLOT(record, record_off[i]) == NULL) return PyObject_CallOneArg(row_fallback, record);
+        if (SLOT(record, record_off[i]) == NULL) return 0;
+    return PyFloat_CheckExact(SLOT(record, record_off[R_STARTED_AT]));
+}
+
+/* The values of a readable record's row from column `first` on. */
+static PyObject *row_values(PyObject *record, Py_ssize_t first) {
     PyObject *ts = SLOT(record, record_off[R_STARTED_AT]);
-    if (!PyFloat_CheckExact(ts)) return PyObject_CallOneArg(row_fallback, record);
-    PyObject *row = PyList_New(N_COLUMNS);
+    PyObject *row = PyList_New(N_COLUMNS - first);
     if (row == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < N_COLUMNS; i++) {
+    for (Py_ssize_t i = first; i < N_COLUMNS; i++) {
         PyObject *v;
         if (COLUMNS[i] >= 0) {
             v = Py_NewRef(SLOT(record, record_off[COLUMNS[i]]));
@@ -475,9 +476,18 @@ static PyObject *audit_row(PyObject *self, PyObject *record) {
             Py_DECREF(row);
             return NULL;
         }
-        PyList_SET_ITEM(row, i, v);
+        PyList_SET_ITEM(row, i - first, v);
     }
     return row;
+}
+
+static PyObject *audit_row(PyObject *self, PyObject *record) {
+    (void)self;
+    if (row_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "prepare_rows() was not called");
+        return NULL;
+    }
+    return readable(record) ? row_values(record, 0) : PyObject_CallOneArg(row_fallback, record);
 }
 
 /* --- metrics ------------------------------------------------------------------------------------ */
@@ -753,11 +763,12 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
 /* --- the module -------------------------------------------------------------------------------- */
 
-/* docs(batch, start, end, dumps, option) is audit._docs: each row as its `ts` and the JSON text of its
- * other values, `dumps(row[1:], default=str, option=option)` decoded; rows of the day [start, end) as one
- * flat list (ts, doc, ts, doc, ...), the other days' as (ts, doc) pairs, and the indices of rows `dumps`
- * could not write (TypeError, which orjson.JSONEncodeError is). In Python the writer's loop around orjson
- * cost ~6,000 instructions per row besides orjson's own ~4,900 (callgrind, EPYC VM). */
+/* docs(records, dumps, option) is audit._docs: each record's audit row as its `ts` and the JSON text of its
+ * other values, `dumps(values, default=str, option=option)` decoded, as (ts, doc) pairs, and the indices
+ * of the records `dumps` could not write (TypeError, which orjson.JSONEncodeError is). Runs on the event
+ * loop, in the batch that builds the records (AuditSink.emit_many): their values are still in the CPU's
+ * caches there, and the writer thread is handed two objects per row instead of a list of 30 it would read
+ * and free long after (docs/metrics.md). */
 static PyObject *docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     static PyObject *kwnames = NULL; /* interned, as a call from Python code passes them: orjson compares
@@ -769,52 +780,89 @@ static PyObject *docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_XDECREF(o);
         if (kwnames == NULL) return NULL;
     }
-    if (nargs != 5 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "docs(batch: list, start, end, dumps, option)");
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "docs(records: list, dumps, option)");
         return NULL;
     }
-    PyObject *batch = args[0], *start = args[1], *end = args[2], *dumps = args[3];
-    PyObject *flat = PyList_New(0), *other = PyList_New(0), *bad = PyList_New(0), *out = NULL;
-    if (flat == NULL || other == NULL || bad == NULL) goto done;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
-        PyObject *row = PyList_GET_ITEM(batch, i);
-        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) < 1) {
-            PyErr_SetString(PyExc_TypeError, "docs: every row is a non-empty list");
-            goto done;
+    if (row_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "prepare_rows() was not called");
+        return NULL;
+    }
+    PyObject *records = args[0], *dumps = args[1];
+    PyObject *pairs = PyList_New(0), *bad = PyList_New(0), *out = NULL;
+    if (pairs == NULL || bad == NULL) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) { /* dumps may run Python code: size re-read */
+        PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i)), *ts = NULL, *values = NULL;
+        if (readable(record)) {
+            ts = Py_NewRef(SLOT(record, record_off[R_STARTED_AT]));
+            values = row_values(record, 1);
+        } else {
+            PyObject *row = PyObject_CallOneArg(row_fallback, record);
+            if (row != NULL && (!PyList_Check(row) || PyList_GET_SIZE(row) < 1)) {
+                PyErr_SetString(PyExc_TypeError, "docs: audit_row() must return a non-empty list");
+                Py_CLEAR(row);
+            }
+            if (row != NULL) {
+                ts = Py_NewRef(PyList_GET_ITEM(row, 0));
+                values = PyList_GetSlice(row, 1, PyList_GET_SIZE(row));
+                Py_DECREF(row);
+            }
         }
-        Py_INCREF(row); /* dumps may run Python code (default=str): the row must outlive it */
-        PyObject *rest = PyList_GetSlice(row, 1, PyList_GET_SIZE(row));
+        Py_DECREF(record);
         PyObject *text = NULL;
-        if (rest != NULL) {
-            PyObject *call[3] = {rest, (PyObject *)&PyUnicode_Type, args[4]};
+        if (values != NULL) {
+            PyObject *call[3] = {values, (PyObject *)&PyUnicode_Type, args[2]};
             text = PyObject_Vectorcall(dumps, call, 1, kwnames);
-            Py_DECREF(rest);
+            Py_DECREF(values);
         }
         if (text == NULL) {
-            Py_DECREF(row);
-            if (!PyErr_ExceptionMatches(PyExc_TypeError)) goto done;
+            Py_XDECREF(ts);
+            if (values == NULL || !PyErr_ExceptionMatches(PyExc_TypeError)) goto done;
             PyErr_Clear();
             PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL || PyList_Append(bad, index) < 0) {
-                Py_XDECREF(index);
-                goto done;
-            }
-            Py_DECREF(index);
+            int failed = index == NULL || PyList_Append(bad, index) < 0;
+            Py_XDECREF(index);
+            if (failed) goto done;
             continue;
         }
         PyObject *doc = PyBytes_Check(text)
                             ? PyUnicode_DecodeUTF8(PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), NULL)
                             : PyObject_CallMethod(text, "decode", NULL);
         Py_DECREF(text);
-        if (doc == NULL || PyList_GET_SIZE(row) < 1) { /* a `default` that emptied the row: not ours */
-            if (doc != NULL) PyErr_SetString(PyExc_TypeError, "docs: a row was emptied while it was written");
-            Py_XDECREF(doc);
-            Py_DECREF(row);
+        PyObject *pair = doc == NULL ? NULL : PyTuple_Pack(2, ts, doc);
+        Py_DECREF(ts);
+        Py_XDECREF(doc);
+        int failed = pair == NULL || PyList_Append(pairs, pair) < 0;
+        Py_XDECREF(pair);
+        if (failed) goto done;
+    }
+    out = PyTuple_Pack(2, pairs, bad);
+done:
+    Py_XDECREF(pairs);
+    Py_XDECREF(bad);
+    return out;
+}
+
+/* split(pairs, start, end) is audit._split: the (ts, doc) pairs of the day [start, end) as one flat list
+ * (ts, doc, ts, doc, ...: insert_flat's values), and the other days' pairs as they are. The writer's one
+ * loop over its batch; in Python, ~12 bytecodes a row. */
+static PyObject *split(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "split(pairs: list, start, end)");
+        return NULL;
+    }
+    PyObject *pairs = args[0], *start = args[1], *end = args[2];
+    PyObject *flat = PyList_New(0), *other = PyList_New(0), *out = NULL;
+    if (flat == NULL || other == NULL) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) { /* a comparison may run Python code */
+        PyObject *pair = Py_NewRef(PyList_GET_ITEM(pairs, i));
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "split: every item is a (ts, doc) pair");
             goto done;
         }
-        PyObject *ts = PyList_GET_ITEM(row, 0);
-        Py_INCREF(ts);
-        Py_DECREF(row);
+        PyObject *ts = PyTuple_GET_ITEM(pair, 0);
         int today; /* start <= ts < end */
         if (PyFloat_CheckExact(ts) && PyFloat_CheckExact(start) && PyFloat_CheckExact(end)) {
             double t = PyFloat_AS_DOUBLE(ts);
@@ -825,21 +873,17 @@ static PyObject *docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         int failed = today < 0;
         if (!failed && today) {
-            failed = PyList_Append(flat, ts) < 0 || PyList_Append(flat, doc) < 0;
+            failed = PyList_Append(flat, ts) < 0 || PyList_Append(flat, PyTuple_GET_ITEM(pair, 1)) < 0;
         } else if (!failed) {
-            PyObject *pair = PyTuple_Pack(2, ts, doc);
-            failed = pair == NULL || PyList_Append(other, pair) < 0;
-            Py_XDECREF(pair);
+            failed = PyList_Append(other, pair) < 0;
         }
-        Py_DECREF(ts);
-        Py_DECREF(doc);
+        Py_DECREF(pair);
         if (failed) goto done;
     }
-    out = PyTuple_Pack(3, flat, other, bad);
+    out = PyTuple_Pack(2, flat, other);
 done:
     Py_XDECREF(flat);
     Py_XDECREF(other);
-    Py_XDECREF(bad);
     return out;
 }
 
@@ -960,7 +1004,9 @@ static PyMethodDef methods[] = {
     {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL,
      "prepare(RequestRecord, RequestContext, Decision, Target, cache_default, estimate_prompt_tokens)."},
     {"docs", (PyCFunction)(void (*)(void))docs, METH_FASTCALL,
-     "docs(batch, start, end, dumps, option) -> (today's flat ts and docs, other days' pairs, bad indices)."},
+     "docs(records, dumps, option) -> ((ts, doc) pairs, bad indices): audit._docs in C."},
+    {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
+     "split(pairs, start, end) -> (the day's flat ts and docs, other days' pairs): audit._split in C."},
     {"prepare_rows", (PyCFunction)(void (*)(void))prepare_rows, METH_FASTCALL,
      "prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)."},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,

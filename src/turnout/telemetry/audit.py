@@ -7,12 +7,12 @@ words, which may paraphrase the prompt, so only a bounded code is stored (`llm_v
 
 The request path never waits for a disk:
 
-    emit(record)    turns the record into its row (a list of its values: about a microsecond) and appends
-                    it to an in-memory deque: no I/O, no lock, no serialization
-    writer thread   every `flush_s`, or as soon as BATCH rows wait, serializes each row with orjson (`docs`) and
-                    inserts them in one transaction with multi-row INSERTs (see insert_many), then appends
-                    the JSONL lines
-    close()         the writer writes everything still queued, then stops: a clean shutdown loses nothing
+    emit_many(records)  in the batch that builds the records (telemetry.Telemetry.flush): each record's
+                        row serialized by orjson (`docs`, ~2 us) and appended to an in-memory deque as
+                        (ts, document): no I/O, no lock
+    writer thread       every `flush_s`, or as soon as BATCH rows wait, inserts them in one transaction
+                        with multi-row INSERTs (see insert_many), then appends the JSONL lines
+    close()             the writer writes everything still queued, then stops: a clean shutdown loses nothing
 
 A writer that falls MAX_QUEUED records behind (a stuck disk) drops new records and counts them rather
 than growing without bound. The schema is built by named migrations (MIGRATIONS), applied in order at
@@ -684,45 +684,53 @@ def _audit_row(r: RequestRecord) -> list[Any]:
     ]  # fmt: skip
 
 
-Docs = tuple[list[Any], list[Row], list[int]]
+Doc = tuple[Any, str]  # a row as the writer gets it: its `ts`, and its other values as one JSON array
 
 
-def _docs(batch: list[list[Any]], start: float, end: float, dumps: Callable[..., bytes], option: int) -> Docs:
-    """The writer's serialization of a batch of rows (lists from `audit_row`): each row as its `ts` and the
-    JSON text of its other values. Returns the rows of the day [start, end) as one flat list (ts, doc, ts,
-    doc, ...: insert_flat's values), the other days' rows as (ts, doc) pairs, and the indices of the rows
-    `dumps` could not write. The reference for `docs`, the same function in C (_record.c)."""
-    flat: list[Any] = []
-    other: list[Row] = []
+def _docs(records: list[RequestRecord], dumps: Callable[..., bytes], option: int) -> tuple[list[Doc], list[int]]:
+    """Each record's row (`_audit_row`) as its `ts` and the JSON text of its other values, and the indices of
+    the records `dumps` could not write. The reference for `docs`, the same function in C (_record.c)."""
+    pairs: list[Doc] = []
     bad: list[int] = []
-    for i, row in enumerate(batch):
+    for i, record in enumerate(records):
+        row = _audit_row(record)
         try:
             doc = dumps(row[1:], default=str, option=option).decode()
         except TypeError:  # orjson.JSONEncodeError is one
             bad.append(i)
             continue
-        ts = row[0]
-        if start <= ts < end:
-            flat += (ts, doc)
+        pairs.append((row[0], doc))
+    return pairs, bad
+
+
+def _split(pairs: list[Doc], start: float, end: float) -> tuple[list[Any], list[Doc]]:
+    """The writer's batch by day: the pairs of the day [start, end) as one flat list (ts, doc, ts, doc, ...:
+    insert_flat's values), the other days' pairs as they are. The reference for `split`, in C (_record.c)."""
+    flat: list[Any] = []
+    other: list[Doc] = []
+    for pair in pairs:
+        if start <= pair[0] < end:
+            flat += pair
         else:
-            other.append((ts, doc))
-    return flat, other, bad
+            other.append(pair)
+    return flat, other
 
 
 audit_row: Callable[[RequestRecord], list[Any]]
-docs: Callable[[list[list[Any]], float, float, Callable[..., bytes], int], Docs]
+docs: Callable[[list[RequestRecord], Callable[..., bytes], int], tuple[list[Doc], list[int]]]
+split: Callable[[list[Doc], float, float], tuple[list[Any], list[Doc]]]
 try:  # ~4,100 instructions per row in Python, a few hundred in C (see _record.c)
     from turnout.telemetry import _record
 except ImportError:  # not built (no C compiler at install)
-    audit_row, docs = _audit_row, _docs
+    audit_row, docs, split = _audit_row, _docs, _split
 else:
     _record.prepare_rows(_audit_row, utc_day_bounds, stored_reason, OWN_REASONS, REASON_CHARS)
-    audit_row, docs = _record.audit_row, _record.docs
+    audit_row, docs, split = _record.audit_row, _record.docs, _record.split
 
 
-def jsonl_line(row: list[Any]) -> bytes:
+def jsonl_line(ts: Any, doc: str) -> bytes:
     """A row as one JSON line: the same fields as the columns of `requests`, by name."""
-    return dumps(dict(zip(COLUMNS, row, strict=True)), orjson.OPT_APPEND_NEWLINE)
+    return dumps(dict(zip(COLUMNS, (ts, *orjson.loads(doc)), strict=True)), orjson.OPT_APPEND_NEWLINE)
 
 
 class RotatingJsonl:
@@ -771,7 +779,7 @@ class RotatingJsonl:
 # --- the sink ------------------------------------------------------------------------------------
 
 
-class AuditSink(BackgroundWriter[list[Any]]):
+class AuditSink(BackgroundWriter[Doc]):
     """Rows go to the table of their UTC day (0007_a_table_per_day), read through the view `requests`."""
 
     table = LEGACY  # the rows from before 0007: BackgroundWriter.purge deletes them one by one
@@ -796,13 +804,24 @@ class AuditSink(BackgroundWriter[list[Any]]):
         self._today = (0.0, 0.0, "")  # the newest day's table: [start, end) and name, where almost every row goes
 
     def emit(self, record: RequestRecord) -> None:
-        """The row is a list of the record's values, made on the loop; the writer serializes a whole batch
-        in one orjson call."""
-        self.put(audit_row(record))
+        self.emit_many([record])
 
     def emit_many(self, records: list[RequestRecord]) -> None:
-        """`emit` for a batch (telemetry.Telemetry.emit_many): one queue hand-over for all of it."""
-        self.put_many(list(map(audit_row, records)))
+        """A batch of records (telemetry.Telemetry.flush), each serialized here, on the event loop, and
+        queued as (ts, its JSON document) in one hand-over. A record orjson cannot write is dropped and
+        counted; the others are queued. Serializing on the writer thread instead cost ~0.6 % more CPU per
+        stream: its rows there were lists of 30 values it read and freed long after the request, when
+        they were no longer in the CPU's caches (docs/metrics.md)."""
+        pairs, bad = docs(records, orjson.dumps, orjson.OPT_SERIALIZE_NUMPY)
+        if bad:
+            if not self.unwritable:
+                try:  # the row again, for its traceback in the log
+                    dumps(audit_row(records[bad[0]])[1:])
+                except TypeError:
+                    log.exception("audit log: a row could not be serialized; it is dropped (logged once)")
+            self.unwritable += len(bad)
+            self.dropped += len(bad)
+        self.put_many(pairs)
 
     def opened(self, conn: sqlite3.Connection) -> None:
         self._days = set(day_tables(conn)[1])
@@ -813,25 +832,13 @@ class AuditSink(BackgroundWriter[list[Any]]):
         if self.jsonl is not None:
             self.jsonl.close()
 
-    def write(self, conn: sqlite3.Connection, batch: list[list[Any]]) -> int | None:
-        """Each row as (ts, its other values as one JSON array) in the table of its day, all in one
-        transaction (insert_rows), then the JSONL lines. A row orjson cannot write is dropped and counted;
-        the others are still written."""
+    def write(self, conn: sqlite3.Connection, batch: list[Doc]) -> int | None:
+        """Each row in the table of its day, all in one transaction (insert_flat, insert_rows), then the
+        JSONL lines."""
         start, end, today = self._today
-        flat, others, bad = docs(batch, start, end, orjson.dumps, orjson.OPT_SERIALIZE_NUMPY)
-        kept = batch  # the rows written, for the JSONL copy
-        if bad:
-            if not self.unwritable:
-                try:  # the row again, for its traceback in the log
-                    dumps(batch[bad[0]][1:])
-                except TypeError:
-                    log.exception("audit log: a row could not be serialized; it is dropped (logged once)")
-            self.unwritable += len(bad)
-            self.dropped += len(bad)
-            skip = set(bad)
-            kept = [row for i, row in enumerate(batch) if i not in skip]
+        flat, others = split(batch, start, end)
         other: dict[str, list[Row]] = {}  # other days' (a stream that began before midnight, a day's first row)
-        for pair in others:  # (ts, doc)
+        for pair in others:
             other.setdefault(self._table_of(conn, pair[0]), []).append(pair)
         try:
             with immediate(conn):
@@ -843,13 +850,13 @@ class AuditSink(BackgroundWriter[list[Any]]):
             raise
         if self.jsonl is not None:
             try:
-                self.jsonl.write([jsonl_line(row) for row in kept])
+                self.jsonl.write(list(starmap(jsonl_line, batch)))
             except OSError:  # the rows are in SQLite; a JSONL failure must not write them twice
-                self.jsonl_lost += len(kept)
+                self.jsonl_lost += len(batch)
                 if self._jsonl_log.due():  # a full disk fails every batch: once a minute is enough
                     log.exception("audit log: writing `%s` failed; %d lines lost so far (the rows are in SQLite; "
                                   "logged at most once a minute)", self.jsonl.path, self.jsonl_lost)  # fmt: skip
-        return len(kept)
+        return None
 
     def _table_of(self, conn: sqlite3.Connection, ts: float) -> str:
         """The table of the day of `ts`, made (with the view remade over it) if it is not there yet."""
