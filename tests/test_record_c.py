@@ -274,11 +274,13 @@ logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from turnout.telemetry import Telemetry, audit, record
 assert not record.COMPILED and audit.audit_row is audit._audit_row and audit.docs is audit._docs
 assert audit.split is audit._split
-assert record.take is record._take
+assert record.take is record._take and record.Recorder is None
 assert isinstance(record.record_builder({}), functools.partial)
 class Quiet:
     async def start(self): pass
-asyncio.run(Telemetry(sinks=[Quiet()]).start())
+telemetry = Telemetry(sinks=[Quiet()])
+assert telemetry.record == telemetry._record
+asyncio.run(telemetry.start())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.conftest import GatewayFactory, GatewayThread, UpstreamThread, base_c
 from turnout.config import ModelConfig, default_config_tree, validate
 from turnout.proxy import UsageFilter
 from turnout.telemetry import BATCH, DELAY_S, build_telemetry
+from turnout.telemetry import record as record_module
 from turnout.telemetry.audit import AuditSink
 from turnout.telemetry.meter import Metering, StreamMeter, Usage, _usage_of, completion_chars, last_events, usage_of
 from turnout.telemetry.metrics import MetricsSink
@@ -258,6 +261,64 @@ def test_records_wait_for_a_batch_or_the_delay_then_reach_every_sink() -> None:
     rec = first.records[0]
     assert (rec.request_id, rec.status, rec.error, rec.latency_ms) == ("req-0", 400, "parse_error", 1.5)
     assert [r.request_id for r in first.records] == [r.request_id for r in second.records]
+
+
+def ended(n: int) -> dict[str, object]:
+    """The ASGI scope of a request that failed before any decision, as the request path leaves it."""
+    return {"turnout.t0": time.perf_counter() - 0.002, "turnout.wall": time.time(), "turnout.status": 400,
+            "turnout.error": "parse_error", "turnout.n": n}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_the_request_paths_record_call_batches_as_submit_does(kind: str) -> None:
+    """`Telemetry.record` (record.Recorder in C, or Telemetry._record) queues the scope's inputs, flushes a
+    full batch at once, and arms the delay at the first inputs after a flush, once."""
+    if kind == "compiled" and record_module.Recorder is None:
+        pytest.skip("the C extension was not built")
+    sink = Collect()
+    telemetry = build_telemetry(validate(default_config_tree({}), {}))
+    telemetry.sinks[:] = [sink]
+    call = telemetry.record if kind == "compiled" else telemetry._record
+    assert (type(call).__name__ == "Recorder") == (kind == "compiled")
+
+    async def run() -> None:
+        call(ended(0), "chat", "req-0")
+        timer = telemetry._timer
+        assert timer is not None and sink.records == []  # armed by the first inputs
+        for i in range(1, BATCH - 1):
+            call(ended(i), "chat", f"req-{i}")
+        assert telemetry._timer is timer and sink.records == []  # armed once
+        call(ended(BATCH - 1), "chat", f"req-{BATCH - 1}")
+        assert len(sink.records) == BATCH and telemetry._timer is None  # a full batch goes at once
+        call(ended(BATCH), "chat", "req-last")
+        assert telemetry._timer is not None
+        await asyncio.sleep(DELAY_S * 3)
+        assert len(sink.records) == BATCH + 1  # a lone record goes after the delay
+
+    asyncio.run(run())
+    first, last = sink.records[0], sink.records[-1]
+    assert (first.request_id, first.status, first.error, first.endpoint) == ("req-0", 400, "parse_error", "chat")
+    assert 1.5 < first.latency_ms < 1000 and last.request_id == "req-last"
+    call(ended(0), "chat", "no-loop")  # no running loop: handed over at once
+    assert sink.records[-1].request_id == "no-loop" and telemetry._pending == []
+
+
+def test_the_compiled_recorder_refuses_bad_calls_and_is_collected() -> None:
+    Recorder = record_module.Recorder
+    if Recorder is None:
+        pytest.skip("the C extension was not built")
+    with pytest.raises(TypeError):
+        Recorder((), 128, time.perf_counter, lambda: None, lambda: None)  # pending must be a list
+    telemetry = build_telemetry(validate(default_config_tree({}), {}))
+    with pytest.raises(TypeError):
+        telemetry.record(ended(0), "chat")  # type: ignore[call-arg]
+    with pytest.raises(KeyError):
+        telemetry.record({}, "chat", "r")  # no `turnout.t0`: not a scope the request path left
+    assert telemetry._pending == []
+    gone = weakref.ref(telemetry)
+    del telemetry  # a cycle through the recorder's bound methods: the collector must see it
+    gc.collect()
+    assert gone() is None
 
 
 def test_the_batch_delay_is_set_in_config() -> None:

@@ -1,7 +1,7 @@
 """Telemetry: one RequestRecord per finished request, fanned out to sinks that never feed back.
 
 The request path only queues what the record is made of (`record`, when the response is complete; for a
-stream, when it closes: one C call, record.take, reads it from the request's ASGI scope). Records are
+stream, when it closes: one C call, record.Recorder, reads it from the request's ASGI scope). Records are
 built and handed to the sinks in batches (`flush`): when BATCH requests wait, `telemetry.batch_delay_s`
 (DELAY_S by default) after the first of them, before `/metrics` is rendered and at shutdown. Done one
 request at a time, between the parsing and proxying of other requests, the same work cost about twice as
@@ -21,7 +21,7 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from turnout.config import Settings
-from turnout.telemetry.record import CTX, record_builder, take
+from turnout.telemetry.record import CTX, Recorder, record_builder, take
 from turnout.types import RequestRecord, Sink, StreamCount
 
 log = logging.getLogger("turnout")
@@ -49,8 +49,13 @@ class Telemetry:
         self.enabled = bool(self.sinks) or review is not None
         self.build = build  # Inputs -> RequestRecord; set by build_telemetry
         self._broken: set[int] = set()
-        self._pending: list[Inputs] = []
+        self._pending: list[Inputs] = []  # the one list, emptied in place: the C recorder holds it
         self._timer: asyncio.TimerHandle | None = None
+        # Queue a finished request's record inputs, read from its ASGI scope: the request path's one call,
+        # in C where it was built (record.Recorder: `take`, then a flush or a timer), else _record.
+        self.record: Callable[[MutableMapping[str, Any], str, str], None] = (
+            self._record if Recorder is None else Recorder(self._pending, BATCH, perf_counter, self.flush, self._arm)
+        )
         # Streams being relayed now, counted in place by app.chat_completions; a sink with a `streams`
         # counter (the metrics sink) shares this one.
         self.streams = StreamCount()
@@ -73,12 +78,13 @@ class Telemetry:
                 return out
         return None
 
-    def record(self, scope: MutableMapping[str, Any], endpoint: str, request_id: str) -> None:
-        """Queue a finished request's record inputs, read from its ASGI scope (record.take: the hot path,
-        one C call where it was built, and sometimes a timer)."""
-        if take(scope, endpoint, request_id, perf_counter(), self._pending) >= BATCH:
+    def _record(self, scope: MutableMapping[str, Any], endpoint: str, request_id: str) -> None:
+        """`record` in Python: the reference for record.Recorder. The first inputs after a flush arm the
+        timer; a full batch is flushed at once."""
+        waiting = take(scope, endpoint, request_id, perf_counter(), self._pending)
+        if waiting >= BATCH:
             self.flush()
-        elif self._timer is None:
+        elif waiting == 1:
             self._arm()
 
     def submit(self, inputs: Inputs) -> None:
@@ -86,11 +92,13 @@ class Telemetry:
         self._pending.append(inputs)
         if len(self._pending) >= BATCH:
             self.flush()
-        elif self._timer is None:
+        else:
             self._arm()
 
     def _arm(self) -> None:
-        """Flush `delay_s` from now."""
+        """Flush `delay_s` from now, unless a flush is already due."""
+        if self._timer is not None:
+            return
         try:
             self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
         except RuntimeError:  # no loop (a synchronous caller): hand the records over now
@@ -105,9 +113,10 @@ class Telemetry:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pending, self._pending = self._pending, []
+        pending = self._pending[:]
         if not pending:
             return
+        self._pending.clear()
         build = self.build
         assert build is not None, "Telemetry.build is not set"
         try:

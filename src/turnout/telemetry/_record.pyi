@@ -9,6 +9,17 @@ class Builder:
     ) -> None: ...
     def __call__(self, *inputs: Any) -> RequestRecord: ...
 
+class Recorder:
+    def __init__(
+        self,
+        pending: list[tuple[Any, ...]],
+        batch: int,
+        clock: Callable[[], float],
+        flush: Callable[[], None],
+        arm: Callable[[], None],
+    ) -> None: ...
+    def __call__(self, scope: MutableMapping[str, Any], endpoint: str, request_id: str) -> None: ...
+
 def prepare(
     record: type, context: type, decision: type, target: type, cache_default: str, estimate: Callable[[Any], int]
 ) -> None: ...

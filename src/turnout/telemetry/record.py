@@ -181,3 +181,6 @@ def _take(
 
 Take = Callable[[MutableMapping[str, Any], str, str, float, list[tuple[Any, ...]]], int]
 take: Take = _take if _record is None else _record.take
+# Telemetry.record in C (the whole of the request path's part: `take`, then a flush or a timer), or None
+# where it was not built: telemetry.Telemetry._record is the reference.
+Recorder: type[Any] | None = None if _record is None else _record.Recorder
