@@ -321,7 +321,7 @@ class App:
         finally:
             endpoint = scope.get("turnout.endpoint")
             if endpoint is not None and self.telemetry.enabled:  # off: no record at all
-                # what the request left in its scope is read in one call (record.take), the record
+                # what the request left in its scope is read in one call (record.Recorder), the record
                 # built later, in a batch (Telemetry.flush)
                 self.telemetry.record(scope, endpoint, request_id)
 

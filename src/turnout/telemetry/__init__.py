@@ -79,20 +79,20 @@ class Telemetry:
         return None
 
     def _record(self, scope: MutableMapping[str, Any], endpoint: str, request_id: str) -> None:
-        """`record` in Python: the reference for record.Recorder. The first inputs after a flush arm the
-        timer; a full batch is flushed at once."""
-        waiting = take(scope, endpoint, request_id, perf_counter(), self._pending)
-        if waiting >= BATCH:
-            self.flush()
-        elif waiting == 1:
-            self._arm()
+        """`record` in Python: the reference for record.Recorder."""
+        self._queued(take(scope, endpoint, request_id, perf_counter(), self._pending))
 
     def submit(self, inputs: Inputs) -> None:
         """Queue a finished request's record inputs, given as they are."""
         self._pending.append(inputs)
-        if len(self._pending) >= BATCH:
+        self._queued(len(self._pending))
+
+    def _queued(self, waiting: int) -> None:
+        """After inputs were queued, `waiting` in all: a full batch is flushed at once, the first inputs
+        after a flush arm the delay (record.Recorder does the same in C)."""
+        if waiting >= BATCH:
             self.flush()
-        else:
+        elif waiting == 1:
             self._arm()
 
     def _arm(self) -> None:
